@@ -1,0 +1,1 @@
+"""The HTTP edge: thin FastAPI routes over :class:`hub.interactions.router.FhirRouter`."""

@@ -1,0 +1,85 @@
+"""The FHIR REST routes: one catch-all under ``/fhir`` that builds a FhirRequest and dispatches it."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from hub.api.formats import FHIR_JSON, check_accept, check_content_type
+from hub.errors import Category, FhirError
+from hub.fhir import summary
+from hub.interactions.request import FhirRequest, FhirResponse
+from hub.interactions.router import FhirRouter
+from hub.settings import Settings
+
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def _render(resp: FhirResponse, fhir_req: FhirRequest | None, method: str, summary_elements: Any) -> Response:
+    body = resp.body
+    if fhir_req is not None and body is not None and resp.status < 300:
+        mode = fhir_req.param("_summary")
+        elements = fhir_req.param("_elements")
+        if resp.resource and (mode is not None or elements is not None):
+            try:
+                reduced = summary.apply(
+                    orjson.loads(body), mode, elements.split(",") if elements else None, summary_elements
+                )
+            except FhirError as err:
+                return _render(FhirResponse.error(err), None, method, summary_elements)
+            body = orjson.dumps(reduced)
+        if fhir_req.param("_pretty") == "true":
+            body = orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2)
+    headers = dict(resp.headers)
+    if method == "HEAD":
+        body = None
+    if body is None:
+        return Response(status_code=resp.status, headers=headers, media_type=FHIR_JSON if resp.status != 204 and resp.status != 304 else None)
+    return Response(content=body, status_code=resp.status, headers=headers, media_type=FHIR_JSON)
+
+
+def mount(app: FastAPI, router: FhirRouter, settings: Settings) -> None:
+    summary_elements = router.ctx.definitions.summary_elements
+
+    async def handle(request: Request, path: str = "") -> Response:
+        method = request.method
+        try:
+            params = parse_qsl(request.url.query, keep_blank_values=True)
+            check_accept(dict(params).get("_format"), request.headers.get("accept"))
+            base_url = settings.base_url or f"{str(request.base_url).rstrip('/')}/fhir"
+            body: Any = None
+            if method in ("POST", "PUT", "PATCH"):
+                raw = await request.body()
+                if len(raw) > settings.max_body_bytes:
+                    raise FhirError(Category.TOO_LARGE, "FHIRHUB-BODY-TOO-LARGE", f"The body exceeds {settings.max_body_bytes} bytes")
+                is_search = path.rstrip("/").endswith("_search")
+                media = check_content_type(request.headers.get("content-type"), method, allow_form=is_search)
+                if is_search:
+                    if media == "application/x-www-form-urlencoded":
+                        params += parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
+                elif raw.strip():
+                    try:
+                        body = orjson.loads(raw)
+                    except orjson.JSONDecodeError as exc:
+                        raise FhirError(Category.INVALID, "FHIRHUB-PARSE-JSON", f"The body is not valid JSON (at byte {exc.pos})") from exc
+                else:
+                    raise FhirError(Category.INVALID, "FHIRHUB-BODY-EMPTY", "The request needs a body")
+            fhir_req = FhirRequest(
+                method=method,
+                path=path,
+                params=params,
+                headers={k.lower(): v for k, v in request.headers.items()},
+                body=body,
+                base_url=base_url,
+            )
+        except FhirError as err:
+            return _render(FhirResponse.error(err), None, method, summary_elements)
+        resp = await run_in_threadpool(router.dispatch, fhir_req)
+        return _render(resp, fhir_req, method, summary_elements)
+
+    app.add_api_route("/fhir", handle, methods=METHODS, include_in_schema=False)
+    app.add_api_route("/fhir/{path:path}", handle, methods=METHODS, include_in_schema=False)

@@ -1,0 +1,122 @@
+"""The ``fhirhub`` command line (typer)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hub.settings import Settings
+
+app = typer.Typer(help="fhirhub: a FHIR R4 interoperability hub", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database schema", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="address to listen on (default FHIRHUB_HOST or 127.0.0.1)"),
+    port: int = typer.Option(None, help="port (default FHIRHUB_PORT or 8080)"),
+) -> None:
+    """Serve the FHIR API at /fhir (migrates the database first)."""
+    import uvicorn
+
+    from hub.app import build_hub, create_app
+    from hub.store.schema import upgrade
+
+    settings = _settings()
+    _configure_logging(settings.log_level)
+    host = host or settings.host
+    port = port or settings.port
+    hub = build_hub(settings)
+    upgrade(hub.ctx.db)
+    logging.getLogger("hub.cli").info("serving FHIR R4 at http://%s:%d/fhir", host, port)
+    uvicorn.run(create_app(hub), host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create the database or bring it to the newest schema."""
+    from hub.store.db import Database
+    from hub.store.schema import upgrade
+
+    settings = _settings()
+    db = Database(settings.database_url)
+    upgrade(db)
+    db.dispose()
+    console.print(f"database is at the newest schema ({db.dialect})")
+
+
+@app.command()
+def load(paths: list[Path] = typer.Argument(..., help="Bundle JSON, NDJSON files or folders of them")) -> None:
+    """Load resources through the one write path; prints created, updated and failed with reasons."""
+    from hub.app import build_hub
+    from hub.loader import LoadReport, bundles_of, files_under, load_bundle, tally
+    from hub.store.schema import upgrade
+
+    settings = _settings()
+    _configure_logging("WARNING")
+    hub = build_hub(settings)
+    upgrade(hub.ctx.db)
+    base = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
+    report = LoadReport()
+    files = files_under(paths)
+    missing = [p for p in files if not p.exists()]
+    if missing:
+        console.print(f"[red]not found: {', '.join(map(str, missing))}")
+        raise typer.Exit(2)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("loading", total=len(files))
+        for path in files:
+            progress.update(task, description=f"loading {path.name}")
+            try:
+                for label, bundle in bundles_of(path):
+                    tally(report, label, bundle, load_bundle(hub.router, bundle, base, origin="fhirhub-load"))
+            except (orjson.JSONDecodeError, OSError, AttributeError) as exc:
+                report.fail(path.name, f"cannot read: {type(exc).__name__}")
+            progress.advance(task)
+    hub.close()
+    table = Table(title="load summary")
+    for col in ("created", "updated", "unchanged", "failed"):
+        table.add_column(col, justify="right")
+    table.add_row(str(report.created), str(report.updated), str(report.unchanged), str(report.failed))
+    console.print(table)
+    for reason, n in report.reasons.most_common():
+        console.print(f"  [red]failed[/red] {n} × {reason}")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    out: Path = typer.Argument(..., help="folder to write Type.ndjson files into"),
+    type_: list[str] = typer.Option(None, "--type", help="resource type(s) to export (default: all)"),
+) -> None:
+    """Export current resources as NDJSON, one file per type."""
+    from hub.exporter import export_ndjson
+    from hub.store.db import Database
+
+    settings = _settings()
+    db = Database(settings.database_url)
+    counts = export_ndjson(db, out, type_ or None)
+    db.dispose()
+    for res_type, n in sorted(counts.items()):
+        console.print(f"{res_type}: {n}")
+
+
+def main() -> None:
+    app()

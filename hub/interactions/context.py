@@ -1,0 +1,44 @@
+"""The services an interaction may use: typed seams, each with an in-memory twin for tests."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import Connection
+
+from hub.errors import Issue
+from hub.fhir.definitions import Definitions
+from hub.settings import Settings
+from hub.store.db import Database
+from hub.store.repository import Repository
+
+
+class Validating(Protocol):
+    @property
+    def resource_types(self) -> frozenset[str]: ...
+
+    def validate(self, resource: Mapping[str, Any]) -> list[Issue]: ...
+
+
+class Searching(Protocol):
+    def search(self, conn: Connection, request: Any) -> Any: ...
+
+    def find(self, conn: Connection, res_type: str, query: str) -> list[tuple[int, str]]: ...
+
+    def capability(self, res_type: str) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class Context:
+    settings: Settings
+    db: Database
+    repo: Repository
+    definitions: Definitions
+    validator: Validating
+    search: Searching | None = None
+
+    @property
+    def resource_types(self) -> frozenset[str]:
+        return self.definitions.resource_types

@@ -1,0 +1,36 @@
+"""create: ``POST [base]/[type]``, with conditional create (``If-None-Exist``)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection
+
+from hub.interactions import conditional
+from hub.interactions.common import check_type, resource_body, validate, written
+from hub.interactions.context import Context
+from hub.interactions.request import FhirRequest, FhirResponse, Planned, version_headers
+from hub.store.repository import Change, WriteResult, new_id
+
+
+def plan(ctx: Context, conn: Connection, req: FhirRequest, res_type: str, *, location: str | None = None,
+         if_none_exist: str | None = None, new_resource_id: str | None = None) -> Planned:
+    check_type(ctx, res_type)
+    body = resource_body(req, res_type)
+    criteria = if_none_exist if if_none_exist is not None else req.header("if-none-exist")
+    if criteria:
+        match = conditional.match_one(ctx, conn, res_type, criteria)
+        if match is not None:
+            existing = ctx.repo.read(conn, res_type, match)
+            assert existing is not None
+
+            def respond_existing(_: WriteResult | None) -> FhirResponse:
+                headers = version_headers(existing, req.base_url)
+                if req.prefer_return == "minimal":
+                    return FhirResponse(200, None, headers, stored=existing)
+                return FhirResponse(200, existing.data, headers, resource=True, stored=existing)
+
+            return Planned(None, respond_existing, f"{res_type}/{match}")
+    res_id = new_resource_id or new_id()
+    resource = {k: v for k, v in body.items() if k != "id"}  # the server assigns the id
+    validate(ctx, resource, location)
+    change = Change(res_type, res_id, resource, "POST", create_only=True, origin=req.origin)
+    return Planned(change, lambda result: written(req, result), f"{res_type}/{res_id}")

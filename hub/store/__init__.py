@@ -1,0 +1,1 @@
+"""Persistence: tables, engine set-up and the one write path (``repository``)."""

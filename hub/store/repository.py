@@ -1,0 +1,358 @@
+"""The one write path, and the reads that serve stored bytes.
+
+REST, transactions, HL7v2 ingest, EHR sync and workflows all write through
+:meth:`Repository.write_many`. In the caller's database transaction it writes,
+for each change: the current-pointer row, an append-only version row holding
+the JSON bytes exactly as they will be served, the search-index rows, and an
+outbox row. Nothing is acknowledged by the callers until that transaction
+commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import orjson
+from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, or_, select, tuple_, update
+
+from hub.errors import Category, FhirError
+from hub.store.tables import outbox_t, resource_t, version_t
+
+Interaction = Literal["create", "update", "delete"]
+
+
+class Indexer(Protocol):
+    """Turns a resource into search-index rows (``resource_pk`` is filled in by the repository)."""
+
+    @property
+    def tables(self) -> Sequence[Table]: ...
+
+    def extract(self, resource: Mapping[str, Any]) -> Mapping[Table, list[dict[str, Any]]]: ...
+
+
+class NoIndexer:
+    """The in-memory twin used where search does not matter."""
+
+    tables: Sequence[Table] = ()
+
+    def extract(self, resource: Mapping[str, Any]) -> Mapping[Table, list[dict[str, Any]]]:
+        return {}
+
+
+def now_micros() -> int:
+    """Wall clock in microseconds, truncated to the millisecond shown in ``meta.lastUpdated``."""
+    return (time.time_ns() // 1_000_000) * 1000
+
+
+def instant(micros: int) -> str:
+    return datetime.fromtimestamp(micros / 1_000_000, UTC).isoformat(timespec="milliseconds")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def content_hash(resource: Mapping[str, Any]) -> bytes:
+    """Hash of the content apart from server-managed ``meta.versionId``/``lastUpdated``."""
+    meta = resource.get("meta")
+    if isinstance(meta, dict) and ("versionId" in meta or "lastUpdated" in meta):
+        rest = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
+        resource = {**resource, "meta": rest} if rest else {k: v for k, v in resource.items() if k != "meta"}
+    return hashlib.blake2b(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A stored version: what read, vread and history serve."""
+
+    pk: int
+    res_type: str
+    res_id: str
+    version: int
+    last_updated: int
+    deleted: bool
+    data: bytes | None
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+    @property
+    def last_modified(self) -> str:
+        return datetime.fromtimestamp(self.last_updated / 1_000_000, UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+    def resource(self) -> dict[str, Any]:
+        assert self.data is not None
+        parsed: dict[str, Any] = orjson.loads(self.data)
+        return parsed
+
+
+@dataclass
+class Change:
+    """One resource change. ``resource`` is None for a delete."""
+
+    res_type: str
+    res_id: str
+    resource: dict[str, Any] | None
+    method: str  # POST | PUT | PATCH | DELETE (recorded in history)
+    if_match: int | None = None
+    create_only: bool = False  # POST: the id is new; never updates
+    origin: str | None = None  # who caused it (client id, connector name); carried to the outbox
+
+
+@dataclass
+class WriteResult:
+    change: Change
+    outcome: Literal["created", "updated", "deleted", "unchanged", "not-found"]
+    stored: Stored | None  # the version written, or the current one when unchanged
+
+
+@dataclass
+class _Current:
+    pk: int
+    version: int
+    deleted: bool
+    content_hash: bytes
+    last_updated: int
+
+
+class Repository:
+    def __init__(self, indexer: Indexer | None = None, clock: Callable[[], int] = now_micros) -> None:
+        self.indexer: Indexer = indexer or NoIndexer()
+        self.clock = clock
+
+    # ------------------------------------------------------------------ reads
+    def read(self, conn: Connection, res_type: str, res_id: str) -> Stored | None:
+        """The current version (a tombstone when deleted), or None if it never existed."""
+        r, v = resource_t.c, version_t.c
+        row = conn.execute(
+            select(r.pk, r.version, r.deleted, r.last_updated, v.data)
+            .select_from(resource_t.join(version_t, and_(v.resource_pk == r.pk, v.version == r.version)))
+            .where(r.res_type == res_type, r.res_id == res_id)
+        ).first()
+        if row is None:
+            return None
+        return Stored(row.pk, res_type, res_id, row.version, row.last_updated, row.deleted, row.data)
+
+    def vread(self, conn: Connection, res_type: str, res_id: str, version: int) -> Stored | None:
+        v = version_t.c
+        row = conn.execute(
+            select(v.resource_pk, v.last_updated, v.deleted, v.data).where(
+                v.res_type == res_type, v.res_id == res_id, v.version == version
+            )
+        ).first()
+        if row is None:
+            return None
+        return Stored(row.resource_pk, res_type, res_id, version, row.last_updated, row.deleted, row.data)
+
+    def exists(self, conn: Connection, res_type: str, res_id: str) -> bool:
+        r = resource_t.c
+        return conn.execute(select(r.pk).where(r.res_type == res_type, r.res_id == res_id)).first() is not None
+
+    # ----------------------------------------------------------------- writes
+    def write(self, conn: Connection, change: Change) -> WriteResult:
+        return self.write_many(conn, [change])[0]
+
+    def write_many(self, conn: Connection, changes: Sequence[Change]) -> list[WriteResult]:
+        """Apply ``changes`` inside the caller's transaction. Each (type, id) at most once."""
+        if not changes:
+            return []
+        keys = [(c.res_type, c.res_id) for c in changes]
+        if len(set(keys)) != len(keys):
+            dup = next(k for k in keys if keys.count(k) > 1)
+            raise FhirError(
+                Category.INVALID, "FHIRHUB-WRITE-DUPLICATE", f"{dup[0]}/{dup[1]} is changed more than once in one transaction"
+            )
+        current = self._lock_current(conn, keys)
+        now = self.clock()
+        results: list[WriteResult] = []
+        new_rows: list[dict[str, Any]] = []  # resource rows to insert
+        new_results: list[WriteResult] = []
+        updates: list[dict[str, Any]] = []
+        versions: list[dict[str, Any]] = []
+        reindex: list[tuple[int | None, WriteResult, dict[str, Any] | None]] = []
+        for change in changes:
+            cur = current.get((change.res_type, change.res_id))
+            self._check_preconditions(change, cur)
+            if change.resource is None:  # delete
+                if cur is None or cur.deleted:
+                    results.append(WriteResult(change, "not-found", None))
+                    continue
+                version = cur.version + 1
+                stored = Stored(cur.pk, change.res_type, change.res_id, version, now, True, None)
+                updates.append({"b_pk": cur.pk, "version": version, "deleted": True, "content_hash": b"", "last_updated": now})
+                result = WriteResult(change, "deleted", stored)
+                reindex.append((cur.pk, result, None))
+            else:
+                digest = content_hash(change.resource)
+                if cur is not None and not cur.deleted and cur.content_hash == digest and change.method != "POST":
+                    results.append(WriteResult(change, "unchanged", self.read(conn, change.res_type, change.res_id)))
+                    continue
+                version = 1 if cur is None else cur.version + 1
+                body = _with_meta(change.resource, change.res_id, version, now)
+                data = orjson.dumps(body)
+                if cur is None:
+                    stored = Stored(0, change.res_type, change.res_id, version, now, False, data)
+                    result = WriteResult(change, "created", stored)
+                    new_rows.append(
+                        {
+                            "res_type": change.res_type,
+                            "res_id": change.res_id,
+                            "version": version,
+                            "deleted": False,
+                            "content_hash": digest,
+                            "last_updated": now,
+                        }
+                    )
+                    new_results.append(result)
+                    reindex.append((None, result, body))
+                else:
+                    stored = Stored(cur.pk, change.res_type, change.res_id, version, now, False, data)
+                    result = WriteResult(change, "updated" if not cur.deleted else "created", stored)
+                    updates.append(
+                        {"b_pk": cur.pk, "version": version, "deleted": False, "content_hash": digest, "last_updated": now}
+                    )
+                    reindex.append((cur.pk, result, body))
+            results.append(result)
+
+        if new_rows:
+            inserted = conn.execute(
+                insert(resource_t).returning(resource_t.c.pk, sort_by_parameter_order=True), new_rows
+            ).all()
+            for res, row in zip(new_results, inserted, strict=True):
+                assert res.stored is not None
+                res.stored = _with_pk(res.stored, row.pk)
+        if updates:
+            conn.execute(
+                update(resource_t)
+                .where(resource_t.c.pk == bindparam("b_pk"))
+                .values(
+                    version=bindparam("version"),
+                    deleted=bindparam("deleted"),
+                    content_hash=bindparam("content_hash"),
+                    last_updated=bindparam("last_updated"),
+                ),
+                updates,
+            )
+        written = [r for r in results if r.outcome in ("created", "updated", "deleted")]
+        for res in written:
+            s = res.stored
+            assert s is not None
+            versions.append(
+                {
+                    "resource_pk": s.pk,
+                    "res_type": s.res_type,
+                    "res_id": s.res_id,
+                    "version": s.version,
+                    "last_updated": s.last_updated,
+                    "method": res.change.method,
+                    "deleted": s.deleted,
+                    "data": s.data,
+                }
+            )
+        if versions:
+            conn.execute(insert(version_t), versions)
+            conn.execute(
+                insert(outbox_t),
+                [
+                    {
+                        "resource_pk": v["resource_pk"],
+                        "res_type": v["res_type"],
+                        "res_id": v["res_id"],
+                        "version": v["version"],
+                        "interaction": _interaction(res),
+                        "origin": res.change.origin,
+                        "at": now,
+                    }
+                    for v, res in zip(versions, written, strict=True)
+                ],
+            )
+        self._reindex(conn, reindex)
+        return results
+
+    # ---------------------------------------------------------------- helpers
+    def _lock_current(self, conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], _Current]:
+        r = resource_t.c
+        out: dict[tuple[str, str], _Current] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            if len(chunk) == 1:
+                cond = and_(r.res_type == chunk[0][0], r.res_id == chunk[0][1])
+            elif conn.dialect.name == "sqlite":
+                cond = or_(*(and_(r.res_type == t, r.res_id == i_) for t, i_ in chunk))
+            else:
+                cond = tuple_(r.res_type, r.res_id).in_(chunk)
+            stmt = select(r.pk, r.res_type, r.res_id, r.version, r.deleted, r.content_hash, r.last_updated).where(cond)
+            if conn.dialect.name == "postgresql":
+                stmt = stmt.with_for_update()
+            for row in conn.execute(stmt):
+                out[(row.res_type, row.res_id)] = _Current(row.pk, row.version, row.deleted, row.content_hash, row.last_updated)
+        return out
+
+    @staticmethod
+    def _check_preconditions(change: Change, cur: _Current | None) -> None:
+        if change.create_only and cur is not None:
+            raise FhirError(
+                Category.CONFLICT, "FHIRHUB-WRITE-EXISTS", f"{change.res_type}/{change.res_id} already exists"
+            )
+        if change.if_match is not None:
+            current_version = None if cur is None or cur.deleted else cur.version
+            if current_version != change.if_match:
+                raise FhirError(
+                    Category.PRECONDITION,
+                    "FHIRHUB-WRITE-VERSION-CONFLICT",
+                    f"If-Match version {change.if_match} does not match the current version"
+                    f" {current_version if current_version is not None else '(none)'} of {change.res_type}/{change.res_id}",
+                )
+
+    def _reindex(self, conn: Connection, items: list[tuple[int | None, WriteResult, dict[str, Any] | None]]) -> None:
+        tables = self.indexer.tables
+        if not tables:
+            return
+        old_pks = [pk for pk, _, _ in items if pk is not None]
+        if old_pks:
+            for table in tables:
+                conn.execute(delete(table).where(table.c.resource_pk.in_(old_pks)))
+        batches: dict[Table, list[dict[str, Any]]] = {}
+        for _, res, body in items:
+            if body is None or res.stored is None:
+                continue
+            pk = res.stored.pk
+            for table, rows in self.indexer.extract(body).items():
+                bucket = batches.setdefault(table, [])
+                for row in rows:
+                    row["resource_pk"] = pk
+                    bucket.append(row)
+        for table, rows in batches.items():
+            if rows:
+                conn.execute(insert(table), rows)
+
+
+def _interaction(res: WriteResult) -> Interaction:
+    if res.outcome == "deleted":
+        return "delete"
+    if res.outcome == "created":
+        return "create"
+    return "update"
+
+
+def _with_pk(stored: Stored, pk: int) -> Stored:
+    return Stored(pk, stored.res_type, stored.res_id, stored.version, stored.last_updated, stored.deleted, stored.data)
+
+
+def _with_meta(resource: Mapping[str, Any], res_id: str, version: int, now: int) -> dict[str, Any]:
+    """The resource as stored: resourceType, id and meta first, server-managed meta set."""
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = instant(now)
+    body: dict[str, Any] = {"resourceType": resource["resourceType"], "id": res_id, "meta": meta}
+    for key, value in resource.items():
+        if key not in body:
+            body[key] = value
+    return body
