@@ -11,7 +11,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from hub.security.tokens import ClientStore
 from hub.settings import Settings
+from hub.store.db import Database
 
 app = typer.Typer(help="fhirhub: a FHIR R4 interoperability hub", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema", no_args_is_help=True)
@@ -35,6 +37,7 @@ def serve(
     """Serve the FHIR API at /fhir (migrates the database first)."""
     import uvicorn
 
+    from hub.api.auth import is_loopback
     from hub.app import build_hub, create_app
     from hub.store.schema import upgrade
 
@@ -42,10 +45,27 @@ def serve(
     _configure_logging(settings.log_level)
     host = host or settings.host
     port = port or settings.port
-    hub = build_hub(settings)
+    log = logging.getLogger("hub.cli")
+    if settings.auth == "off":
+        if not is_loopback(host):
+            console.print(f"[red]FHIRHUB_AUTH=off is only accepted on a loopback address, not {host}")
+            raise typer.Exit(2)
+        log.warning("FHIRHUB_AUTH=off: the FHIR API accepts requests without a token (loopback only)")
+    elif settings.auth != "on":
+        console.print("[red]FHIRHUB_AUTH must be on or off")
+        raise typer.Exit(2)
+    hub = build_hub(settings, with_services=True)
     upgrade(hub.ctx.db)
-    logging.getLogger("hub.cli").info("serving FHIR R4 at http://%s:%d/fhir", host, port)
-    uvicorn.run(create_app(hub), host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+    scheme = "https" if settings.tls_certfile else "http"
+    log.info("serving FHIR R4 at %s://%s:%d/fhir", scheme, host, port)
+    try:
+        uvicorn.run(
+            create_app(hub), host=host, port=port, log_level=settings.log_level.lower(), access_log=False,
+            ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+            ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
+        )
+    finally:
+        hub.close()
 
 
 @db_app.command("upgrade")
@@ -116,6 +136,64 @@ def export(
     db.dispose()
     for res_type, n in sorted(counts.items()):
         console.print(f"{res_type}: {n}")
+
+
+clients_app = typer.Typer(help="Registered SMART Backend Services clients", no_args_is_help=True)
+app.add_typer(clients_app, name="clients")
+
+
+def _client_store() -> tuple[Database, ClientStore]:
+    from hub.store.schema import upgrade
+
+    db = Database(_settings().database_url)
+    upgrade(db)
+    return db, ClientStore(db)
+
+
+@clients_app.command("add")
+def clients_add(
+    name: str = typer.Option(..., help="a name for people"),
+    scopes: str = typer.Option(..., help="space-separated SMART scopes, e.g. 'system/Patient.rs system/Appointment.cruds'"),
+    jwks: Path = typer.Option(None, help="file with the client's public JWKS"),
+    jwks_url: str = typer.Option(None, help="URL the client publishes its JWKS at"),
+    client_id: str = typer.Option(None, help="client id (default: a new UUID)"),
+) -> None:
+    """Register a client; prints its client id."""
+    db, store = _client_store()
+    try:
+        keys = orjson.loads(jwks.read_bytes()) if jwks else None
+        client = store.add(name, scopes.split(), jwks=keys, jwks_url=jwks_url, client_id=client_id)
+    except (ValueError, OSError, orjson.JSONDecodeError) as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(2) from None
+    finally:
+        db.dispose()
+    typer.echo(client.client_id)
+
+
+@clients_app.command("list")
+def clients_list() -> None:
+    """List registered clients."""
+    db, store = _client_store()
+    table = Table(title="clients")
+    for col in ("client id", "name", "scopes", "keys", "revoked"):
+        table.add_column(col)
+    for c in store.list():
+        table.add_row(c.client_id, c.name, " ".join(c.scopes), c.jwks_url or "inline JWKS", "yes" if c.revoked else "")
+    db.dispose()
+    Console().print(table)
+
+
+@clients_app.command("revoke")
+def clients_revoke(client_id: str) -> None:
+    """Revoke a client: its token requests and tokens are refused from now on."""
+    db, store = _client_store()
+    found = store.revoke(client_id)
+    db.dispose()
+    if not found:
+        console.print(f"[red]no client {client_id}")
+        raise typer.Exit(1)
+    console.print(f"revoked {client_id}")
 
 
 def main() -> None:

@@ -8,11 +8,11 @@ listener, CLI) translate it, and they all use :data:`CATEGORIES`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Category(str, Enum):
+class Category(StrEnum):
     INVALID = "invalid"  # malformed input: bad JSON, bad parameter
     UNPROCESSABLE = "unprocessable"  # well-formed but breaks the rules (validation)
     NOT_FOUND = "not-found"

@@ -24,17 +24,17 @@ def export_ndjson(db: Database, out: Path, types: list[str] | None = None) -> di
         stmt = stmt.where(r.res_type.in_(types))
     counts: dict[str, int] = {}
     handle: IO[bytes] | None = None
-    current = None
+    current: str | None = None
     with db.read() as conn:
         try:
             for row in conn.execution_options(stream_results=True, yield_per=1000).execute(stmt):
                 if row.res_type != current:
                     if handle:
                         handle.close()
-                    current = row.res_type
+                    current = str(row.res_type)
                     handle = (out / f"{current}.ndjson").open("wb")
                     counts[current] = 0
-                assert handle is not None
+                assert handle is not None and current is not None
                 handle.write(row.data + b"\n")
                 counts[current] += 1
         finally:

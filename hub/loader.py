@@ -87,15 +87,23 @@ def tally(report: LoadReport, label: str, bundle: dict[str, Any], resp: FhirResp
         return
     result = orjson.loads(resp.body or b"{}")
     for i, entry in enumerate(result.get("entry", [])):
-        status = entry.get("response", {}).get("status", "")
+        response = entry.get("response", {})
+        status = response.get("status", "")
         if status.startswith("201"):
             report.created += 1
+        elif status.startswith("200") and _code(response.get("outcome")) == "FHIRHUB-WRITE-UNCHANGED":
+            report.unchanged += 1
         elif status.startswith("200"):
             report.updated += 1
-        elif status.startswith("304"):
-            report.unchanged += 1
         else:
             report.fail(f"{label} entry {i}", _reason(orjson.dumps(entry.get("response", {}).get("outcome"))))
+
+
+def _code(outcome: Any) -> str:
+    try:
+        return str(outcome["issue"][0]["details"]["coding"][0]["code"])
+    except (TypeError, KeyError, IndexError):
+        return ""
 
 
 def _reason(body: bytes | None) -> str:

@@ -24,6 +24,16 @@ class Settings(BaseSettings):
     max_bundle_entries: int = Field(10_000, description="largest batch/transaction accepted (413 beyond)")
     db_pool_size: int = Field(20, description="database connection pool size")
     log_level: str = Field("INFO", description="log level (no PHI is logged at INFO and above)")
+    auth: str = Field("on", description="on: every FHIR call needs a bearer token; off: only when listening on loopback")
+    auth_issuer: str | None = Field(None, description="accept tokens from this external OIDC issuer instead of the hub's own")
+    auth_jwks_url: str | None = Field(None, description="JWKS URL of the external issuer (default: from its discovery document)")
+    auth_audience: str | None = Field(None, description="audience tokens must carry (default: the FHIR base URL)")
+    token_ttl: int = Field(300, description="lifetime of access tokens the hub issues, in seconds")
+    rate_limit: float = Field(200.0, description="requests per second per client (0: no limit)")
+    rate_burst: int = Field(400, description="requests a client may burst above the rate")
+    cors_origins: str = Field("", description="comma-separated origins allowed by CORS (empty: CORS off)")
+    tls_certfile: Path | None = Field(None, description="PEM certificate: serve HTTPS")
+    tls_keyfile: Path | None = Field(None, description="PEM private key for tls_certfile")
 
 
 def resolve_database_url(url: str) -> str:

@@ -59,3 +59,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of an empty database, once per dialect."""
     with fresh_database(request.param, tmp_path) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def content():  # type: ignore[no-untyped-def]
+    """The conformance content (definitions, validator, search parameters), loaded once per test session."""
+    from hub.app import Content
+    from hub.settings import Settings
+
+    return Content.load(Settings().profiles_dir)

@@ -14,5 +14,5 @@ class AcceptAllValidator:
     def __init__(self, resource_types: frozenset[str]) -> None:
         self.resource_types = resource_types
 
-    def validate(self, resource: Mapping[str, Any]) -> list[Issue]:
+    def validate(self, resource: Mapping[str, Any], *, in_transaction: bool | None = None) -> list[Issue]:
         return []

@@ -9,11 +9,13 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from hub.api.auth import Authenticator
 from hub.api.formats import FHIR_JSON, check_accept, check_content_type
 from hub.errors import Category, FhirError
 from hub.fhir import summary
 from hub.interactions.request import FhirRequest, FhirResponse
 from hub.interactions.router import FhirRouter
+from hub.security.scopes import Permissions, Principal
 from hub.settings import Settings
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
@@ -42,20 +44,40 @@ def _render(resp: FhirResponse, fhir_req: FhirRequest | None, method: str, summa
     return Response(content=body, status_code=resp.status, headers=headers, media_type=FHIR_JSON)
 
 
-def mount(app: FastAPI, router: FhirRouter, settings: Settings) -> None:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` (never buffered past it)."""
+    too_large = FhirError(Category.TOO_LARGE, "FHIRHUB-BODY-TOO-LARGE", f"The body exceeds {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+PUBLIC_PATHS = {"metadata"}  # the CapabilityStatement is how clients discover the server; it holds no PHI
+
+
+def mount(app: FastAPI, router: FhirRouter, settings: Settings, authenticator: Authenticator) -> None:
     summary_elements = router.ctx.definitions.summary_elements
 
     async def handle(request: Request, path: str = "") -> Response:
         method = request.method
+        base_url = settings.base_url or f"{str(request.base_url).rstrip('/')}/fhir"
+        principal = Principal("anonymous", Permissions(), request.client.host if request.client else None)
         try:
+            if path.strip("/") not in PUBLIC_PATHS:
+                principal = authenticator.principal(request, base_url)
             params = parse_qsl(request.url.query, keep_blank_values=True)
             check_accept(dict(params).get("_format"), request.headers.get("accept"))
-            base_url = settings.base_url or f"{str(request.base_url).rstrip('/')}/fhir"
             body: Any = None
             if method in ("POST", "PUT", "PATCH"):
-                raw = await request.body()
-                if len(raw) > settings.max_body_bytes:
-                    raise FhirError(Category.TOO_LARGE, "FHIRHUB-BODY-TOO-LARGE", f"The body exceeds {settings.max_body_bytes} bytes")
+                raw = await read_body(request, settings.max_body_bytes)
                 is_search = path.rstrip("/").endswith("_search")
                 media = check_content_type(request.headers.get("content-type"), method, allow_form=is_search)
                 if is_search:
@@ -75,8 +97,11 @@ def mount(app: FastAPI, router: FhirRouter, settings: Settings) -> None:
                 headers={k.lower(): v for k, v in request.headers.items()},
                 body=body,
                 base_url=base_url,
+                principal=principal,
             )
         except FhirError as err:
+            if err.category in (Category.UNAUTHORIZED, Category.TOO_MANY):
+                router.audit_later(FhirRequest(method, path, principal=principal), None, err.http_status, err.code)
             return _render(FhirResponse.error(err), None, method, summary_elements)
         resp = await run_in_threadpool(router.dispatch, fhir_req)
         return _render(resp, fhir_req, method, summary_elements)

@@ -36,16 +36,19 @@ def resource_body(req: FhirRequest, res_type: str) -> dict[str, Any]:
     return body
 
 
-def validate(ctx: Context, resource: dict[str, Any], location: str | None = None) -> None:
-    """Raise 422 with every error issue located by FHIRPath; warnings do not block."""
-    issues = ctx.validator.validate(resource)
+def validate(ctx: Context, resource: dict[str, Any], location: str | None = None, *, in_transaction: bool = False) -> None:
+    """Raise 422 with every error issue located by FHIRPath; warnings do not block.
+
+    Conditional references (``Patient?identifier=…``) are allowed only in a transaction,
+    which resolves them; anywhere else they would be stored unresolved.
+    ``location`` (``Bundle.entry[3].resource``) replaces the resource type that starts each expression.
+    """
+    issues = ctx.validator.validate(resource, in_transaction=in_transaction)
     errors = [i for i in issues if i.severity in ("error", "fatal")]
     if errors:
         if location:
-            errors = [
-                Issue(i.severity, i.code, i.diagnostics, f"{location}.{i.expression}" if i.expression else location)
-                for i in errors
-            ]
+            res_type = str(resource.get("resourceType"))
+            errors = [Issue(i.severity, i.code, i.diagnostics, _relocate(i.expression, res_type, location)) for i in errors]
         raise FhirError(
             Category.UNPROCESSABLE,
             "FHIRHUB-VALIDATION",
@@ -61,12 +64,21 @@ def written(req: FhirRequest, result: WriteResult | None, *, created_status: int
     assert stored is not None
     status = created_status if result.outcome == "created" else 200
     headers = version_headers(stored, req.base_url)
+    unchanged = result.outcome == "unchanged"
     prefer = req.prefer_return
     if prefer == "minimal":
-        return FhirResponse(status, None, headers, stored=stored)
+        return FhirResponse(status, None, headers, stored=stored, unchanged=unchanged)
     if prefer == "OperationOutcome":
         oo = operation_outcome(
             [Issue("information", "informational", f"{stored.res_type}/{stored.res_id} version {stored.version}: {result.outcome}")]
         )
-        return FhirResponse(status, orjson.dumps(oo), headers, stored=stored)
-    return FhirResponse(status, stored.data, headers, resource=True, stored=stored)
+        return FhirResponse(status, orjson.dumps(oo), headers, stored=stored, unchanged=unchanged)
+    return FhirResponse(status, stored.data, headers, resource=True, stored=stored, unchanged=unchanged)
+
+
+def _relocate(expression: str | None, res_type: str, location: str) -> str:
+    if not expression:
+        return location
+    if expression == res_type or expression.startswith(res_type + ".") or expression.startswith(res_type + "["):
+        return location + expression[len(res_type):]
+    return f"{location}.{expression}"

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
 from hub.errors import Issue
 from hub.fhir.definitions import Definitions
+from hub.security.audit import AuditTrail
 from hub.settings import Settings
 from hub.store.db import Database
+from hub.store.outbox import ChangeSignal
 from hub.store.repository import Repository
 
 
@@ -19,7 +21,7 @@ class Validating(Protocol):
     @property
     def resource_types(self) -> frozenset[str]: ...
 
-    def validate(self, resource: Mapping[str, Any]) -> list[Issue]: ...
+    def validate(self, resource: Mapping[str, Any], *, in_transaction: bool | None = None) -> list[Issue]: ...
 
 
 class Searching(Protocol):
@@ -38,6 +40,8 @@ class Context:
     definitions: Definitions
     validator: Validating
     search: Searching | None = None
+    audit: AuditTrail | None = None
+    changes: ChangeSignal = field(default_factory=ChangeSignal)  # rung after every committed write
 
     @property
     def resource_types(self) -> frozenset[str]:

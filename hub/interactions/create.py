@@ -12,7 +12,7 @@ from hub.store.repository import Change, WriteResult, new_id
 
 
 def plan(ctx: Context, conn: Connection, req: FhirRequest, res_type: str, *, location: str | None = None,
-         if_none_exist: str | None = None, new_resource_id: str | None = None) -> Planned:
+         if_none_exist: str | None = None) -> Planned:
     check_type(ctx, res_type)
     body = resource_body(req, res_type)
     criteria = if_none_exist if if_none_exist is not None else req.header("if-none-exist")
@@ -29,8 +29,8 @@ def plan(ctx: Context, conn: Connection, req: FhirRequest, res_type: str, *, loc
                 return FhirResponse(200, existing.data, headers, resource=True, stored=existing)
 
             return Planned(None, respond_existing, f"{res_type}/{match}")
-    res_id = new_resource_id or new_id()
+    res_id = new_id()  # a fresh UUID: create_only lets the repository skip looking it up
     resource = {k: v for k, v in body.items() if k != "id"}  # the server assigns the id
-    validate(ctx, resource, location)
+    validate(ctx, resource, location, in_transaction=req.in_transaction)
     change = Change(res_type, res_id, resource, "POST", create_only=True, origin=req.origin)
     return Planned(change, lambda result: written(req, result), f"{res_type}/{res_id}")

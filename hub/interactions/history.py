@@ -84,10 +84,13 @@ def history(ctx: Context, conn: Connection, req: FhirRequest, res_type: str | No
         if has_newer:
             links["previous"] = link([("_page", f"a{rows[0].pk}")])
     entries = []
+    can_see = req.principal.permissions.can_see
     for row in rows:
+        if not can_see(row.res_type):
+            continue
         url = f"{row.res_type}/{row.res_id}"
         extra: dict[str, Any] = {
-            "request": {"method": row.method if row.method != "PATCH" else "PATCH", "url": url if row.method != "POST" else row.res_type},
+            "request": {"method": row.method, "url": url if row.method != "POST" else row.res_type},
             "response": {
                 "status": STATUS.get(row.method, "200 OK"),
                 "etag": f'W/"{row.version}"',

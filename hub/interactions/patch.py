@@ -54,7 +54,7 @@ def plan(ctx: Context, conn: Connection, req: FhirRequest, res_type: str, res_id
         raise FhirError(Category.UNPROCESSABLE, "FHIRHUB-PATCH-FAILED", f"The patch cannot be applied: {type(exc).__name__}") from exc
     if not isinstance(patched, dict) or patched.get("resourceType") != res_type or patched.get("id") != res_id:
         raise FhirError(Category.UNPROCESSABLE, "FHIRHUB-PATCH-IDENTITY", "A patch must not change resourceType or id")
-    validate(ctx, patched, location)
+    validate(ctx, patched, location, in_transaction=req.in_transaction)
     change = Change(res_type, res_id, patched, "PATCH", if_match=current.version, origin=req.origin)
     return Planned(change, lambda result: written(req, result), f"{res_type}/{res_id}")
 

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from hub.errors import FhirError, invalid
+from hub.security.scopes import Principal
 from hub.store.repository import Change, Stored, WriteResult
 
 
@@ -20,7 +21,9 @@ class FhirRequest:
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
     body: Any = None  # parsed JSON
     base_url: str = "http://localhost/fhir"
-    origin: str | None = None  # who is asking (client id, connector), carried to the outbox
+    origin: str | None = None  # what caused the change (connector name), carried to the outbox
+    principal: Principal = field(default_factory=Principal.system)  # who is asking, and what it may do
+    in_transaction: bool = False  # an entry of a transaction Bundle (conditional references allowed)
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -54,6 +57,7 @@ class FhirResponse:
     headers: dict[str, str] = field(default_factory=dict)
     resource: bool = False  # the body is one resource (so _summary/_elements apply on read)
     stored: Stored | None = None  # the version the body shows, when there is one
+    unchanged: bool = False  # an update whose content equalled the current version: nothing was written
 
     @classmethod
     def json(cls, status: int, obj: Any, headers: dict[str, str] | None = None) -> FhirResponse:

@@ -18,6 +18,10 @@ from hub.errors import Category, FhirError
 from hub.interactions import capabilities, create, delete, history, patch, read, search, update
 from hub.interactions.context import Context
 from hub.interactions.request import FhirRequest, FhirResponse, Planned
+from hub.security import audit
+from hub.security.audit import AuditRecord, outcome_code
+from hub.security.policy import AUDIT_TYPE, authorize
+from hub.store.repository import WriteResult
 
 log = logging.getLogger("hub.router")
 
@@ -91,36 +95,73 @@ class FhirRouter:
 
     # ----------------------------------------------------------- entry point
     def dispatch(self, req: FhirRequest) -> FhirResponse:
+        route: Route | None = None
         try:
             route = resolve(req.method, req.path)
             if route.kind == "transaction":
                 from hub.interactions import transaction
 
-                return transaction.process(self, req)
+                return transaction.process(self, req)  # audits itself, entry by entry
             if route.kind in WRITE_KINDS:
                 with self.ctx.db.write() as conn:
                     planned = self.plan(conn, req, route)
                     result = self.ctx.repo.write(conn, planned.change) if planned.change is not None else None
-                # committed: only now is the answer built
+                    self.audit_in(conn, req, route, [result] if result is not None else [], planned.entry_url)
+                # committed: only now is the answer built, and consumers of the outbox woken
+                if result is not None and result.outcome in ("created", "updated", "deleted"):
+                    self.ctx.changes.notify()
                 return planned.respond(result)
             with self.ctx.db.read() as conn:
-                return self.query(conn, req, route)
+                response = self.query(conn, req, route)
+            self.audit_later(req, route, response.status)
+            return response
         except FhirError as err:
             if err.category is Category.INTERNAL:
                 log.error("request failed code=%s", err.code)
+            self.audit_later(req, route, err.http_status, err.code)
             return FhirResponse.error(err)
         except Exception as exc:  # noqa: BLE001 - the edge: never a stack trace to the client
-            log.exception("unexpected error type=%s", type(exc).__name__)
+            # The message and traceback may hold resource values (SQL parameters): DEBUG only.
+            log.error("unexpected error type=%s path=%s", type(exc).__name__, route.kind if route else "-")
+            log.debug("unexpected error detail", exc_info=exc)
+            self.audit_later(req, route, 500, "FHIRHUB-INTERNAL")
             return FhirResponse.error(FhirError(Category.INTERNAL, "FHIRHUB-INTERNAL", "Internal server error"))
 
+    # ------------------------------------------------------------------ audit
+    def audit_record(self, req: FhirRequest, route: Route | None, status: int, detail: str | None = None,
+                     entities: list[str] | None = None) -> AuditRecord:
+        kind = route.kind if route is not None else "authorize"
+        if route is not None and route.res_type and route.res_id and entities is None:
+            if route.kind == "search-compartment" and route.compartment_type:
+                entities = [f"{route.compartment_type}/{route.res_id}"]
+            else:
+                entities = [f"{route.res_type}/{route.res_id}" + (f"/_history/{route.vid}" if route.vid else "")]
+        query = None
+        if kind.startswith(("search", "history")) or kind == "operation":
+            query = f"{req.path}?{urlencode(req.params)}" if req.params else req.path
+        return AuditRecord(kind, outcome_code(status), req.principal.client_id, req.principal.address,
+                           entities or [], query, detail)
+
+    def audit_in(self, conn: Connection, req: FhirRequest, route: Route, results: list[WriteResult],
+                 entry_url: str | None) -> None:
+        """The audit event of a write, in the write's own transaction."""
+        if self.ctx.audit is None:
+            return
+        refs = [f"{r.stored.res_type}/{r.stored.res_id}/_history/{r.stored.version}" for r in results if r.stored is not None]
+        self.ctx.audit.write(conn, [self.audit_record(req, route, 200, entities=refs or ([entry_url] if entry_url else []))])
+
+    def audit_later(self, req: FhirRequest, route: Route | None, status: int, detail: str | None = None) -> None:
+        if self.ctx.audit is not None:
+            self.ctx.audit.enqueue(self.audit_record(req, route, status, detail))
+
     # ---------------------------------------------------------------- writes
-    def plan(self, conn: Connection, req: FhirRequest, route: Route, *, location: str | None = None,
-             new_resource_id: str | None = None) -> Planned:
+    def plan(self, conn: Connection, req: FhirRequest, route: Route, *, location: str | None = None) -> Planned:
         ctx = self.ctx
         assert route.res_type is not None
+        authorize(req.principal, route.kind, route.res_type)
         criteria = urlencode(req.params) if route.res_id is None else None
         if route.kind == "create":
-            return create.plan(ctx, conn, req, route.res_type, location=location, new_resource_id=new_resource_id)
+            return create.plan(ctx, conn, req, route.res_type, location=location)
         if route.kind in ("update", "patch", "delete") and route.res_id is None and not criteria:
             raise FhirError(
                 Category.NOT_ALLOWED, "FHIRHUB-CONDITIONAL-NO-CRITERIA",
@@ -138,6 +179,9 @@ class FhirRouter:
     def query(self, conn: Connection, req: FhirRequest, route: Route) -> FhirResponse:
         ctx = self.ctx
         kind = route.kind
+        authorize(req.principal, kind, route.res_type, route.compartment_type)
+        if route.res_type == AUDIT_TYPE:
+            return self.audit_query(conn, req, route)
         if kind == "read":
             assert route.res_type and route.res_id
             return read.read(ctx, conn, req, route.res_type, route.res_id)
@@ -162,3 +206,15 @@ class FhirRouter:
         if kind == "operation":
             return search.operation(ctx, conn, req, route)
         raise FhirError(Category.NOT_ALLOWED, "FHIRHUB-METHOD-NOT-ALLOWED", f"{req.method} is not allowed here")
+
+    def audit_query(self, conn: Connection, req: FhirRequest, route: Route) -> FhirResponse:
+        """AuditEvent read and search, served from the append-only audit table."""
+        settings = self.ctx.settings
+        if route.kind == "read" and route.res_id:
+            data = audit.read(conn, route.res_id)
+            if data is None:
+                raise FhirError(Category.NOT_FOUND, "FHIRHUB-READ-NOT-FOUND", f"AuditEvent/{route.res_id} is not known")
+            return FhirResponse(200, data, resource=True)
+        params = [(k, v) for k, v in req.params if k not in ("_format", "_pretty")]
+        body = audit.search(conn, params, req.base_url, settings.default_page_size, settings.max_page_size, req.prefer_strict)
+        return FhirResponse(200, body)

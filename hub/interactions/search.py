@@ -23,8 +23,12 @@ def _engine(ctx: Context) -> Any:
 
 
 def render(req: FhirRequest, result: Any) -> FhirResponse:
+    """A searchset Bundle holding only what the client's scopes let it see (matches and includes alike)."""
+    can_see = req.principal.permissions.can_see
     entries = [
-        Entry(f"{req.base_url}/{e.res_type}/{e.res_id}", e.data, {"search": {"mode": e.mode}}) for e in result.entries
+        Entry(f"{req.base_url}/{e.res_type}/{e.res_id}", e.data, {"search": {"mode": e.mode}})
+        for e in result.entries
+        if can_see(e.res_type)
     ]
     if result.issues:
         oo = orjson.dumps(operation_outcome(list(result.issues)))

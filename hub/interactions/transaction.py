@@ -24,14 +24,18 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from hub.errors import Category, FhirError, Issue, invalid
+from hub.errors import Category, FhirError, Issue, invalid, operation_outcome
 from hub.fhir.bundle import Entry, assemble
 from hub.interactions import conditional
 from hub.interactions.request import FhirRequest, FhirResponse, Planned
+from hub.interactions.router import Route
 from hub.store.repository import instant
 
 if TYPE_CHECKING:
-    from hub.interactions.router import FhirRouter, Route
+    from hub.interactions.router import FhirRouter
+
+_TX = Route("transaction")
+_BATCH = Route("batch")
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 ENTRY_HEADERS = {"ifMatch": "if-match", "ifNoneExist": "if-none-exist", "ifNoneMatch": "if-none-match", "ifModifiedSince": "if-modified-since"}
@@ -96,6 +100,7 @@ def entry_request(parent: FhirRequest, entry: Any, index: int) -> tuple[FhirRequ
         body=body,
         base_url=parent.base_url,
         origin=parent.origin,
+        principal=parent.principal,
     )
     route = resolve(method, parts.path)
     if route.kind == "transaction":
@@ -136,6 +141,11 @@ def response_entry(resp: FhirResponse, req: FhirRequest, *, with_body: bool) -> 
     if resp.status >= 400:
         response["outcome"] = orjson.loads(resp.body) if resp.body else None
         body = None
+    elif resp.unchanged:
+        response["outcome"] = operation_outcome(
+            [Issue("information", "informational", "No change: the content equals the current version")],
+            code="FHIRHUB-WRITE-UNCHANGED",
+        )
     elif not with_body:
         body = None
     full_url = None
@@ -159,6 +169,7 @@ def _batch(router: FhirRouter, req: FhirRequest, entries: list[Any]) -> FhirResp
             continue
         resp = router.dispatch(sub)
         out.append(response_entry(resp, req, with_body=route.kind not in ("create", "update", "patch", "delete") or _wants_body(req)))
+    router.audit_later(req, _BATCH, 200)
     return FhirResponse(200, assemble("batch-response", out))
 
 
@@ -171,6 +182,7 @@ def _transaction(router: FhirRouter, req: FhirRequest, entries: list[Any]) -> Fh
             sub, route = entry_request(req, entry, i)
         except FhirError as err:
             raise _located(err, i) from None
+        sub.in_transaction = True
         items.append(_Item(i, entry, sub, route))
     items.sort(key=lambda it: ORDER[it.request.method])
     responses: dict[int, FhirResponse] = {}
@@ -190,7 +202,7 @@ def _transaction(router: FhirRouter, req: FhirRequest, entries: list[Any]) -> Fh
                 idmap[full_url] = planned.entry_url
         resolver = _References(router, conn, idmap)
         for it, planned in plans:
-            if planned.change is not None and planned.change.resource is not None:
+            if planned.change is not None and planned.change.resource is not None and resolver.may_apply(planned.change.resource):
                 try:
                     resolver.rewrite(planned.change.resource)
                 except FhirError as err:
@@ -198,14 +210,21 @@ def _transaction(router: FhirRouter, req: FhirRequest, entries: list[Any]) -> Fh
         changes = [p.change for _, p in plans if p.change is not None]
         results = iter(ctx.repo.write_many(conn, changes))
         for it, planned in plans:
-            responses[it.index] = planned.respond(next(results) if planned.change is not None else None)
+            result = next(results) if planned.change is not None else None
+            router.audit_in(conn, it.request, it.route, [result] if result is not None else [], planned.entry_url)
+            responses[it.index] = planned.respond(result)
         for it in items:
             if it.request.method in ("GET", "HEAD"):
                 try:
                     responses[it.index] = router.query(conn, it.request, it.route)
                 except FhirError as err:
                     raise _located(err, it.index) from None
+                if ctx.audit is not None:
+                    ctx.audit.write(conn, [router.audit_record(it.request, it.route, responses[it.index].status)])
+        if ctx.audit is not None:
+            ctx.audit.write(conn, [router.audit_record(req, _TX, 200, entities=[])])
     # committed
+    ctx.changes.notify()
     with_body = _wants_body(req)
     reads = {it.index for it in items if it.request.method in ("GET", "HEAD")}
     out = [response_entry(responses[i], req, with_body=with_body or i in reads) for i in range(len(entries))]
@@ -220,6 +239,13 @@ class _References:
         self.conn = conn
         self.idmap = idmap
         self.cache: dict[str, str] = {}
+        # Absolute fullUrls can be referenced verbatim; urn: ones are found by their prefix.
+        self.absolute = [k.encode() for k in idmap if not k.startswith(("urn:uuid:", "urn:oid:"))]
+
+    def may_apply(self, resource: dict[str, Any]) -> bool:
+        """A cheap pre-check on the serialized resource: could any reference in it need rewriting?"""
+        raw = orjson.dumps(resource)
+        return b"urn:uuid:" in raw or b"urn:oid:" in raw or b"?" in raw or any(k in raw for k in self.absolute)
 
     def rewrite(self, node: Any) -> None:
         if isinstance(node, dict):

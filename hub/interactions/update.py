@@ -34,7 +34,7 @@ def plan(ctx: Context, conn: Connection, req: FhirRequest, res_type: str, res_id
             raise invalid("FHIRHUB-UPDATE-ID-MISMATCH", "The resource id must equal the id in the URL", f"{res_type}.id")
     assert res_id is not None
     check_id(res_id)
-    validate(ctx, body, location)
+    validate(ctx, body, location, in_transaction=req.in_transaction)
     if_match = parse_etag(req.header("if-match"), "FHIRHUB-IF-MATCH-INVALID")
     change = Change(res_type, res_id, body, "PUT", if_match=if_match, origin=req.origin)
     return Planned(change, lambda result: written(req, result), f"{res_type}/{res_id}")

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import orjson
-from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, or_, select, tuple_, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, select, update
 
 from hub.errors import Category, FhirError
 from hub.store.tables import outbox_t, resource_t, version_t
@@ -169,7 +169,7 @@ class Repository:
             raise FhirError(
                 Category.INVALID, "FHIRHUB-WRITE-DUPLICATE", f"{dup[0]}/{dup[1]} is changed more than once in one transaction"
             )
-        current = self._lock_current(conn, keys)
+        current = self._lock_current(conn, changes)
         now = self.clock()
         results: list[WriteResult] = []
         new_rows: list[dict[str, Any]] = []  # resource rows to insert
@@ -258,6 +258,12 @@ class Repository:
             )
         if versions:
             conn.execute(insert(version_t), versions)
+        self._reindex(conn, reindex)
+        if versions:
+            if conn.dialect.name == "postgresql":
+                # Outbox keys must commit in key order, or a reader could pass a key that commits later:
+                # this lock, held to commit, orders the writers' last step (SQLite has one writer anyway).
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7245001)")
             conn.execute(
                 insert(outbox_t),
                 [
@@ -273,26 +279,29 @@ class Repository:
                     for v, res in zip(versions, written, strict=True)
                 ],
             )
-        self._reindex(conn, reindex)
         return results
 
     # ---------------------------------------------------------------- helpers
-    def _lock_current(self, conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], _Current]:
+    def _lock_current(self, conn: Connection, changes: Sequence[Change]) -> dict[tuple[str, str], _Current]:
+        """The current rows of the changed resources, locked on PostgreSQL (one query per type and 500 ids).
+
+        Creates with a server-assigned id (a fresh UUID) cannot exist yet and are not looked up.
+        """
         r = resource_t.c
+        by_type: dict[str, list[str]] = {}
+        for change in changes:
+            if not change.create_only:
+                by_type.setdefault(change.res_type, []).append(change.res_id)
         out: dict[tuple[str, str], _Current] = {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            if len(chunk) == 1:
-                cond = and_(r.res_type == chunk[0][0], r.res_id == chunk[0][1])
-            elif conn.dialect.name == "sqlite":
-                cond = or_(*(and_(r.res_type == t, r.res_id == i_) for t, i_ in chunk))
-            else:
-                cond = tuple_(r.res_type, r.res_id).in_(chunk)
-            stmt = select(r.pk, r.res_type, r.res_id, r.version, r.deleted, r.content_hash, r.last_updated).where(cond)
-            if conn.dialect.name == "postgresql":
-                stmt = stmt.with_for_update()
-            for row in conn.execute(stmt):
-                out[(row.res_type, row.res_id)] = _Current(row.pk, row.version, row.deleted, row.content_hash, row.last_updated)
+        for res_type, ids in by_type.items():
+            for i in range(0, len(ids), 500):
+                stmt = select(r.pk, r.res_type, r.res_id, r.version, r.deleted, r.content_hash, r.last_updated).where(
+                    r.res_type == res_type, r.res_id.in_(ids[i : i + 500])
+                )
+                if conn.dialect.name == "postgresql":
+                    stmt = stmt.with_for_update()
+                for row in conn.execute(stmt):
+                    out[(row.res_type, row.res_id)] = _Current(row.pk, row.version, row.deleted, row.content_hash, row.last_updated)
         return out
 
     @staticmethod

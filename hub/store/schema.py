@@ -20,8 +20,12 @@ def alembic_config() -> Config:
     return config
 
 
-def upgrade(db: Database, revision: str = "head") -> None:
-    """Bring the database to ``revision`` (the newest by default). Safe to run every start."""
+def upgrade(db: Database, revision: str = "heads") -> None:
+    """Bring the database to ``revision`` (every branch's newest by default). Safe to run every start.
+
+    Features add their tables as branches off the core revisions (down_revision "0004"),
+    so Alembic may have several heads; all of them are applied.
+    """
     config = alembic_config()
     with db.engine.begin() as conn:
         config.attributes["connection"] = conn
@@ -29,14 +33,16 @@ def upgrade(db: Database, revision: str = "head") -> None:
 
 
 def is_current(db: Database) -> bool:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
     with db.engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision() == head
+        return set(MigrationContext.configure(conn).get_current_heads()) == heads
 
 
 def revision(db: Database, message: str) -> None:
     """Autogenerate a new migration from the difference between the tables and ``db`` (developers only)."""
     import hub.search.tables  # noqa: F401  (registers the index tables)
+    import hub.security.tables  # noqa: F401
+    import hub.store.outbox  # noqa: F401
 
     config = alembic_config()
     with db.engine.begin() as conn:

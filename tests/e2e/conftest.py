@@ -12,5 +12,5 @@ from tests.server import HubProcess, running_hub
 def hub_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     """The real server, once per dialect, on a free port with an empty database."""
     workdir = tmp_path_factory.mktemp(f"hub-{request.param}")
-    with fresh_database(request.param, workdir) as url, running_hub(url, workdir) as hub:
+    with fresh_database(request.param, workdir) as url, running_hub(url, workdir, {"FHIRHUB_AUTH": "off"}) as hub:
         yield hub

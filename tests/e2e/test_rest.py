@@ -125,6 +125,8 @@ def test_transaction_resolves_urn_uuid_references(client: SyncFHIRClient) -> Non
                 "resource": {
                     "resourceType": "Appointment",
                     "status": "booked",
+                    "start": "2026-12-08T09:00:00Z",
+                    "end": "2026-12-08T09:20:00Z",
                     "participant": [
                         {"actor": {"reference": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a"}, "status": "accepted"}
                     ],

@@ -9,7 +9,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from hub.app import Hub, build_hub
+from hub.app import Content, Hub, build_hub
 from hub.fhir.definitions import Definitions
 from hub.interactions.request import FhirRequest, FhirResponse
 from hub.settings import Settings
@@ -27,7 +27,7 @@ def definitions() -> Definitions:
 
 @pytest.fixture
 def hub(db_url: str, definitions: Definitions) -> Iterator[Hub]:
-    h = build_hub(Settings(database_url=db_url), validator=AcceptAllValidator(definitions.resource_types), search=False)
+    h = build_hub(Settings(database_url=db_url), content=Content(definitions, AcceptAllValidator(definitions.resource_types), None))
     upgrade(h.ctx.db)
     yield h
     h.close()

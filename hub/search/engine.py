@@ -1,0 +1,596 @@
+"""The search engine: the entry points the REST layer, conditional operations and subscriptions call.
+
+``search`` runs a parsed query (:mod:`hub.search.query`) compiled to SQL
+(:mod:`hub.search.compile`) and pages with a keyset cursor:
+
+* results are ordered by the ``_sort`` keys (NULLs last), then by the
+  resource's surrogate ``pk``; the next/previous links carry an opaque cursor
+  holding the boundary row's key values, and a page is ``WHERE (keys) > cursor
+  ORDER BY keys LIMIT n+1``. Rows written between two page requests land in
+  their sorted place: none is repeated or skipped because of them (a resource
+  whose sort value changes may move, as in any keyset scheme).
+* ``_total``: ``accurate`` and ``estimate`` both count exactly; ``none``
+  counts nothing; by default the first page carries the total and later pages
+  none.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from sqlalchemy import Connection, Select, and_, false, func, or_, select
+
+from hub.errors import Category, FhirError, Issue
+from hub.search.compile import Compiler, keyset
+from hub.search.index import SearchIndexer
+from hub.search.memory import MemoryMatcher
+from hub.search.params import MODIFIERS, PREFIXES, UNSUPPORTED, Registry
+from hub.search.paths import CHOICES
+from hub.search.query import (
+    MAX_COUNT,
+    CompartmentClause,
+    Cursor,
+    Include,
+    Query,
+    bad,
+    parse_query,
+)
+from hub.search.tables import reference_t
+from hub.search.values import parse_date_range
+from hub.store.tables import resource_t, version_t
+
+MAX_INCLUDES = 1000
+MAX_ITERATE = 4
+CHUNK = 500
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
+
+
+@dataclass
+class SearchRequest:
+    res_type: str | None
+    params: list[tuple[str, str]]
+    strict: bool
+    base_url: str
+    compartment: tuple[str, str] | None = None
+
+
+@dataclass
+class SearchEntry:
+    res_type: str
+    res_id: str
+    data: bytes
+    mode: Literal["match", "include"]
+
+
+@dataclass
+class SearchResult:
+    entries: list[SearchEntry] = field(default_factory=list)
+    total: int | None = None
+    links: dict[str, str] = field(default_factory=dict)
+    issues: list[Issue] = field(default_factory=list)
+    summary_count_only: bool = False
+
+
+@dataclass
+class _Row:
+    pk: int
+    res_type: str
+    res_id: str
+    data: bytes
+    keys: tuple[Any, ...]
+
+
+def _summary_elements() -> dict[str, dict[str, list[str]]]:
+    raw = (Path(__file__).parent / "data" / "summary-elements.json").read_bytes()
+    data: dict[str, dict[str, list[str]]] = orjson.loads(raw)
+    return data
+
+
+class SearchEngine:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.indexer = SearchIndexer(registry)
+        self._summary = _summary_elements()
+
+    # ================================================================ search
+    def search(self, conn: Connection, req: SearchRequest) -> SearchResult:
+        res_types = self._types(req)
+        q = parse_query(self.registry, res_types, req.params, strict=req.strict, base_url=req.base_url)
+        if req.compartment is not None:
+            q.clauses.insert(0, self._compartment_clause(req.compartment, res_types))
+        r = resource_t.alias("r")
+        comp = Compiler()
+        where = self._where(comp, q, r, res_types)
+        result = SearchResult(issues=list(q.issues))
+        if q.summary == "count" or q.count == 0:
+            result.total = self._count(conn, r, where)
+            result.summary_count_only = q.summary == "count"
+            result.links = {"self": self._link(req, q, None)}
+            return result
+
+        sort_exprs: list[tuple[Any, bool]] = [(comp.sort_expr(k, r), k.desc) for k in q.sort]
+        sort_exprs.append((r.c.pk, False))
+        backward = q.cursor is not None and q.cursor.direction == "prev"
+        stmt = self._page_stmt(r, where, sort_exprs, q.cursor, backward, q.count + 1)
+        fetched = [_Row(x[0], x[1], x[2], x[3], (*x[4:], x[0])) for x in conn.execute(stmt)]
+        more = len(fetched) > q.count
+        rows = fetched[: q.count]
+        if backward:
+            rows.reverse()
+
+        links = {"self": self._link(req, q, q.cursor)}
+        has_next = (more and not backward) or (backward and bool(rows))
+        has_prev = (q.cursor is not None and not backward and bool(rows)) or (backward and more)
+        if q.cursor is not None and not rows:
+            has_next = has_prev = False
+        if has_next and rows:
+            links["next"] = self._link(req, q, Cursor("next", rows[-1].keys))
+        if has_prev and rows:
+            links["previous"] = self._link(req, q, Cursor("prev", rows[0].keys))
+        result.links = links
+
+        if q.total in ("accurate", "estimate"):
+            result.total = self._count(conn, r, where)
+        elif q.total is None and q.cursor is None:
+            result.total = len(rows) if not more else self._count(conn, r, where)
+
+        for row in rows:
+            data = row.data
+            if q.summary or q.elements:
+                data = self.subset(data, row.res_type, q.summary, q.elements)
+            result.entries.append(SearchEntry(row.res_type, row.res_id, data, "match"))
+        if q.includes or q.revincludes:
+            result.entries.extend(self._includes(conn, q, rows, result.issues))
+        return result
+
+    def _types(self, req: SearchRequest) -> tuple[str, ...] | None:
+        if req.res_type is not None:
+            if req.res_type not in self.registry.resource_types:
+                raise FhirError(
+                    Category.NOT_FOUND, "FHIRHUB-SEARCH-TYPE", f"Unknown resource type {req.res_type!r}"
+                )
+            return (req.res_type,)
+        types: list[str] = []
+        for name, value in req.params:
+            if name == "_type":
+                for t in value.split(","):
+                    t = t.strip()
+                    if not t:
+                        continue
+                    if t not in self.registry.resource_types:
+                        raise bad("FHIRHUB-SEARCH-TYPE", f"_type: unknown resource type {t!r}")
+                    types.append(t)
+        return tuple(dict.fromkeys(types)) or None
+
+    def _compartment_clause(
+        self, compartment: tuple[str, str], res_types: tuple[str, ...] | None
+    ) -> CompartmentClause:
+        comp_type, comp_id = compartment
+        if comp_type != "Patient":
+            raise FhirError(
+                Category.NOT_SUPPORTED,
+                "FHIRHUB-SEARCH-COMPARTMENT",
+                f"Only the Patient compartment is supported, not {comp_type}",
+            )
+        types = res_types or tuple(sorted(set(self.registry.compartment) | {"Patient"}))
+        idents: list[int] = []
+        for t in types:
+            for code in self.registry.compartment_params(t):
+                bp = self.registry.get(t, code)
+                if bp is not None and bp.type == "reference":
+                    idents.append(bp.identity)
+        include_self = "Patient" in types
+        if not idents and not include_self:
+            raise bad("FHIRHUB-SEARCH-COMPARTMENT", f"{', '.join(types)} is not in the Patient compartment")
+        return CompartmentClause(comp_type, comp_id, types, tuple(idents), include_self)
+
+    def _where(self, comp: Compiler, q: Query, r: Any, res_types: tuple[str, ...] | None) -> list[Any]:
+        where: list[Any] = [r.c.deleted == false()]
+        if res_types is not None:
+            where.append(r.c.res_type == res_types[0] if len(res_types) == 1 else r.c.res_type.in_(res_types))
+        for c in q.clauses:
+            where.append(comp.clause(c, r, res_types))
+        return where
+
+    @staticmethod
+    def _count(conn: Connection, r: Any, where: list[Any]) -> int:
+        return int(conn.execute(select(func.count()).select_from(r).where(*where)).scalar_one())
+
+    @staticmethod
+    def _page_stmt(
+        r: Any,
+        where: list[Any],
+        sort_exprs: list[tuple[Any, bool]],
+        cursor: Cursor | None,
+        backward: bool,
+        limit: int,
+    ) -> Select[Any]:
+        v = version_t.alias("v")
+        cols = [r.c.pk, r.c.res_type, r.c.res_id, v.c.data]
+        cols.extend(e.label(f"k{i}") for i, (e, _) in enumerate(sort_exprs[:-1]))
+        conds = list(where)
+        if cursor is not None:
+            conds.append(keyset(sort_exprs, cursor.keys, backward))
+        order = []
+        for e, desc in sort_exprs:
+            if backward:
+                o = e.asc() if desc else e.desc()
+                order.append(o.nulls_first() if e is not r.c.pk else o)
+            else:
+                o = e.desc() if desc else e.asc()
+                order.append(o.nulls_last() if e is not r.c.pk else o)
+        return (
+            select(*cols)
+            .select_from(r.join(v, and_(v.c.resource_pk == r.c.pk, v.c.version == r.c.version)))
+            .where(*conds)
+            .order_by(*order)
+            .limit(limit)
+        )
+
+    # ================================================================ links
+    def _link(self, req: SearchRequest, q: Query, cursor: Cursor | None) -> str:
+        base = req.base_url.rstrip("/")
+        if req.compartment is not None:
+            path = f"{base}/{req.compartment[0]}/{urllib.parse.quote(req.compartment[1], safe='')}"
+            path += f"/{req.res_type}" if req.res_type else "/*"
+        elif req.res_type:
+            path = f"{base}/{req.res_type}"
+        else:
+            path = base
+        params = list(q.kept)
+        if cursor is not None:
+            params.append(("_cursor", cursor.encode()))
+        if not params:
+            return path
+        return path + "?" + urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+
+    # ================================================================ includes
+    def _includes(
+        self, conn: Connection, q: Query, matches: Sequence[_Row], issues: list[Issue]
+    ) -> list[SearchEntry]:
+        seen = {(m.res_type, m.res_id) for m in matches}
+        out: list[SearchEntry] = []
+        frontier: list[tuple[int, str, str]] = [(m.pk, m.res_type, m.res_id) for m in matches]
+        for round_ in range(MAX_ITERATE + 1):
+            incs = [i for i in q.includes if round_ == 0 or i.iterate]
+            revs = [i for i in q.revincludes if round_ == 0 or i.iterate]
+            if not frontier or not (incs or revs):
+                break
+            found: list[tuple[int, str, str, bytes]] = []
+            if incs:
+                found.extend(self._forward(conn, incs, frontier))
+            if revs:
+                found.extend(self._reverse(conn, revs, frontier))
+            frontier = []
+            for pk, t, i, data in found:
+                if (t, i) in seen:
+                    continue
+                if len(out) >= MAX_INCLUDES:
+                    issues.append(
+                        Issue("warning", "too-costly", f"Included resources were cut at {MAX_INCLUDES}")
+                    )
+                    return out
+                seen.add((t, i))
+                out.append(SearchEntry(t, i, data, "include"))
+                frontier.append((pk, t, i))
+        return out
+
+    def _forward(
+        self, conn: Connection, incs: list[Include], frontier: list[tuple[int, str, str]]
+    ) -> list[Any]:
+        ref = reference_t
+        conds = []
+        for inc in incs:
+            parts: list[Any] = [ref.c.target_type.is_not(None)]
+            if inc.src_type is not None:
+                parts.append(ref.c.hash_identity.in_(inc.idents) if inc.idents else false())
+            if inc.target is not None:
+                parts.append(ref.c.target_type == inc.target)
+            conds.append(and_(*parts))
+        targets: set[tuple[str, str]] = set()
+        pks = [f[0] for f in frontier]
+        for chunk in _chunks(pks):
+            stmt = (
+                select(ref.c.target_type, ref.c.target_id)
+                .where(ref.c.resource_pk.in_(chunk), or_(*conds))
+                .distinct()
+            )
+            targets.update((t, i) for t, i in conn.execute(stmt))
+        return self._fetch_by_ids(conn, targets)
+
+    def _reverse(
+        self, conn: Connection, revs: list[Include], frontier: list[tuple[int, str, str]]
+    ) -> list[Any]:
+        ref = reference_t
+        by_type: dict[str, list[str]] = {}
+        for _, t, i in frontier:
+            by_type.setdefault(t, []).append(i)
+        pks: set[int] = set()
+        for rev in revs:
+            for t, ids in by_type.items():
+                if rev.target is not None and rev.target != t:
+                    continue
+                for chunk in _chunks(ids):
+                    conds = [ref.c.target_type == t, ref.c.target_id.in_(chunk)]
+                    if rev.src_type is not None:
+                        conds.append(ref.c.hash_identity.in_(rev.idents) if rev.idents else false())
+                    pks.update(x for (x,) in conn.execute(select(ref.c.resource_pk).where(*conds).distinct()))
+        return self._fetch_by_pks(conn, pks)
+
+    def _fetch_by_ids(self, conn: Connection, targets: Iterable[tuple[str, str]]) -> list[Any]:
+        by_type: dict[str, list[str]] = {}
+        for t, i in targets:
+            by_type.setdefault(t, []).append(i)
+        out: list[Any] = []
+        r, v = resource_t, version_t
+        for t, ids in sorted(by_type.items()):
+            for chunk in _chunks(sorted(ids)):
+                stmt = (
+                    select(r.c.pk, r.c.res_type, r.c.res_id, v.c.data)
+                    .select_from(r.join(v, and_(v.c.resource_pk == r.c.pk, v.c.version == r.c.version)))
+                    .where(r.c.res_type == t, r.c.res_id.in_(chunk), r.c.deleted == false())
+                    .order_by(r.c.pk)
+                )
+                out.extend(tuple(x) for x in conn.execute(stmt))
+        return out
+
+    def _fetch_by_pks(self, conn: Connection, pks: Iterable[int]) -> list[Any]:
+        out: list[Any] = []
+        r, v = resource_t, version_t
+        for chunk in _chunks(sorted(pks)):
+            stmt = (
+                select(r.c.pk, r.c.res_type, r.c.res_id, v.c.data)
+                .select_from(r.join(v, and_(v.c.resource_pk == r.c.pk, v.c.version == r.c.version)))
+                .where(r.c.pk.in_(chunk), r.c.deleted == false())
+                .order_by(r.c.pk)
+            )
+            out.extend(tuple(x) for x in conn.execute(stmt))
+        return out
+
+    # ================================================================ _summary / _elements
+    def subset(
+        self, data: bytes, res_type: str, summary: str | None, elements: tuple[str, ...] | None
+    ) -> bytes:
+        res: dict[str, Any] = orjson.loads(data)
+        info = self._summary.get(res_type, {"summary": [], "mandatory": []})
+        keep: set[str] | None = None
+        if elements:
+            keep = set(elements) | set(info["mandatory"])
+        elif summary == "true":
+            keep = set(info["summary"])
+        elif summary == "text":
+            keep = {"text"} | set(info["mandatory"])
+        if summary == "data":
+            res.pop("text", None)
+        elif keep is not None:
+            allowed = {"resourceType", "id", "meta"}
+            choice_prefixes = []
+            for k in keep:
+                name = k[:-3] if k.endswith("[x]") else k
+                allowed.add(name)
+                if f"{res_type}.{name}" in CHOICES:
+                    choice_prefixes.append(name)
+            res = {
+                k: val
+                for k, val in res.items()
+                if k in allowed
+                or (k.startswith("_") and k[1:] in allowed)
+                or any(k.startswith(p) and len(k) > len(p) and k[len(p)].isupper() for p in choice_prefixes)
+            }
+        if summary is None and not elements:
+            return data
+        meta = dict(res.get("meta") or {})
+        tags = list(meta.get("tag") or [])
+        if not any(t.get("code") == "SUBSETTED" for t in tags if isinstance(t, dict)):
+            tags.append(dict(SUBSETTED))
+        meta["tag"] = tags
+        res["meta"] = meta
+        out: bytes = orjson.dumps(res)
+        return out
+
+    # ================================================================ conditional operations
+    def find(self, conn: Connection, res_type: str, query: str, base_url: str = "") -> list[tuple[int, str]]:
+        """Current, non-deleted matches of ``query`` (a query string), for conditional operations."""
+        if res_type not in self.registry.resource_types:
+            raise bad("FHIRHUB-SEARCH-TYPE", f"Unknown resource type {res_type!r}")
+        params = _parse_qs(query)
+        q = parse_query(self.registry, (res_type,), params, strict=True, base_url=base_url)
+        if not q.clauses:
+            raise bad(
+                "FHIRHUB-SEARCH-CONDITIONAL", f"Conditional criteria {query!r} hold no search parameter"
+            )
+        r = resource_t.alias("r")
+        where = self._where(Compiler(), q, r, (res_type,))
+        stmt = select(r.c.pk, r.c.res_id).where(*where).order_by(r.c.pk)
+        return [(int(pk), str(rid)) for pk, rid in conn.execute(stmt)]
+
+    def matches(self, resource: dict[str, Any], res_type: str, query: str, base_url: str = "") -> bool:
+        """In-memory match of one resource (subscriptions); no chains, ``_has`` or compartments."""
+        q = parse_query(self.registry, (res_type,), _parse_qs(query), strict=True, base_url=base_url)
+        if resource.get("resourceType") != res_type:
+            return False
+        rows = self.indexer.extract(resource)
+        return MemoryMatcher(resource, rows).query(q)
+
+    def check_criteria(self, res_type: str, query: str) -> None:
+        """Raise INVALID unless ``query`` can be matched in memory (validate a Subscription)."""
+        self.matches({"resourceType": res_type, "id": "x"}, res_type, query)
+
+    # ================================================================ capability
+    def capability(self, res_type: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for bp in sorted(self.registry.params(res_type), key=lambda p: p.code):
+            if bp.code in UNSUPPORTED or (bp.evaluator is None and bp.code not in ("_id", "_lastUpdated")):
+                continue
+            mods = list(MODIFIERS.get(bp.type, ()))
+            if bp.type == "reference":
+                mods = [m for m in mods if m != "[type]"] + ["[type]", "chained"]
+            doc = bp.param.description.strip()
+            extra = f"Modifiers: {', '.join(':' + m for m in mods)}." if mods else ""
+            if bp.type in PREFIXES:
+                extra += f" Prefixes: {', '.join(PREFIXES[bp.type])}."
+            if bp.code in ("_id",):
+                extra = "No modifiers."
+            if bp.code == "_lastUpdated":
+                extra = f"Prefixes: {', '.join(PREFIXES['date'])}."
+            out.append(
+                {
+                    "name": bp.code,
+                    "definition": bp.param.url,
+                    "type": bp.type,
+                    "documentation": (doc + ("\n\n" if doc else "") + extra).strip(),
+                }
+            )
+        return out
+
+    # ================================================================ $everything
+    def everything(
+        self,
+        conn: Connection,
+        patient_id: str,
+        since: str | int | None | list[tuple[str, str]] = None,
+        types: Sequence[str] | str | None = None,
+        count: int | None = None,
+        base_url: str = "",
+        cursor: str | None = None,
+    ) -> SearchResult:
+        """``Patient/{id}/$everything``: the patient, its compartment, and what those refer to (per page).
+
+        Also callable as ``everything(conn, patient_id, params, base_url)`` with the
+        request's (name, value) pairs (``_since``, ``_type``, ``_count``, ``_cursor``).
+        """
+        if isinstance(since, list):
+            params, base_url = since, str(types or base_url)
+            since, types, count, cursor = None, None, None, None
+            for name, value in params:
+                if name == "_since":
+                    since = value
+                elif name == "_type":
+                    types = [t.strip() for t in value.split(",") if t.strip()]
+                elif name == "_count":
+                    if not re.fullmatch(r"[0-9]{1,9}", value):
+                        raise bad(
+                            "FHIRHUB-SEARCH-COUNT", f"_count must be a non-negative integer, not {value!r}"
+                        )
+                    count = int(value)
+                elif name == "_cursor":
+                    cursor = value
+        if isinstance(types, str):
+            types = [types]
+        r = resource_t.alias("r")
+        exists_row = conn.execute(
+            select(r.c.pk).where(r.c.res_type == "Patient", r.c.res_id == patient_id, r.c.deleted == false())
+        ).first()
+        if exists_row is None:
+            raise FhirError(
+                Category.NOT_FOUND, "FHIRHUB-SEARCH-PATIENT", f"Patient/{patient_id} is not known"
+            )
+        members = sorted(set(self.registry.compartment) | {"Patient"})
+        if types:
+            for t in types:
+                if t not in self.registry.resource_types:
+                    raise bad("FHIRHUB-SEARCH-TYPE", f"_type: unknown resource type {t!r}")
+            chosen = tuple(t for t in dict.fromkeys(types) if t in members)
+        else:
+            chosen = tuple(members)
+        n = MAX_COUNT if count is None else max(1, min(count, MAX_COUNT))
+        kept: list[tuple[str, str]] = []
+        since_us: int | None = None
+        if since is not None:
+            if isinstance(since, int):
+                since_us = since
+            else:
+                rng = parse_date_range(since)
+                if rng is None:
+                    raise bad("FHIRHUB-SEARCH-DATE", f"_since: {since!r} is not a valid instant")
+                since_us = rng[0]
+                kept.append(("_since", since))
+        if types:
+            kept.append(("_type", ",".join(types)))
+        if count is not None:
+            kept.append(("_count", str(n)))
+        cur = Cursor.decode(cursor, 0) if cursor else None
+
+        if not chosen:
+            return SearchResult(
+                total=0, links={"self": self._everything_link(base_url, patient_id, kept, None)}
+            )
+        clause = self._compartment_clause(("Patient", patient_id), chosen)
+        comp = Compiler()
+        where: list[Any] = [r.c.deleted == false(), r.c.res_type.in_(chosen), comp.clause(clause, r, chosen)]
+        if since_us is not None:
+            where.append(r.c.last_updated >= since_us)
+        backward = cur is not None and cur.direction == "prev"
+        sort_exprs: list[tuple[Any, bool]] = [(r.c.pk, False)]
+        stmt = self._page_stmt(r, where, sort_exprs, cur, backward, n + 1)
+        fetched = [_Row(x[0], x[1], x[2], x[3], ()) for x in conn.execute(stmt)]
+        more = len(fetched) > n
+        rows = fetched[:n]
+        if backward:
+            rows.reverse()
+        result = SearchResult()
+        result.links["self"] = self._everything_link(base_url, patient_id, kept, cur)
+        if rows and ((more and not backward) or backward):
+            result.links["next"] = self._everything_link(
+                base_url, patient_id, kept, Cursor("next", (rows[-1].pk,))
+            )
+        if rows and ((cur is not None and not backward) or (backward and more)):
+            result.links["previous"] = self._everything_link(
+                base_url, patient_id, kept, Cursor("prev", (rows[0].pk,))
+            )
+        if cur is None:
+            result.total = len(rows) if not more else self._count(conn, r, where)
+        result.entries = [SearchEntry(x.res_type, x.res_id, x.data, "match") for x in rows]
+        # what the page refers to outside the compartment (Practitioner, Organization, Medication, …)
+        member_set = set(members)
+        seen = {(x.res_type, x.res_id) for x in rows}
+        ref = reference_t
+        targets: set[tuple[str, str]] = set()
+        for chunk in _chunks([x.pk for x in rows]):
+            stmt2 = (
+                select(ref.c.target_type, ref.c.target_id)
+                .where(
+                    ref.c.resource_pk.in_(chunk),
+                    ref.c.target_type.is_not(None),
+                    ref.c.target_type.not_in(member_set),
+                )
+                .distinct()
+            )
+            targets.update((t, i) for t, i in conn.execute(stmt2))
+        for _, t, i, data in self._fetch_by_ids(conn, targets - seen):
+            result.entries.append(SearchEntry(t, i, data, "include"))
+        return result
+
+    @staticmethod
+    def _everything_link(
+        base_url: str, patient_id: str, kept: list[tuple[str, str]], cursor: Cursor | None
+    ) -> str:
+        path = f"{base_url.rstrip('/')}/Patient/{urllib.parse.quote(patient_id, safe='')}/$everything"
+        params = list(kept)
+        if cursor is not None:
+            params.append(("_cursor", cursor.encode()))
+        return path + ("?" + urllib.parse.urlencode(params, quote_via=urllib.parse.quote) if params else "")
+
+
+def _parse_qs(query: str) -> list[tuple[str, str]]:
+    query = query.lstrip("?")
+    m = re.match(r"^[A-Z][A-Za-z]+\?", query)
+    if m:  # "Patient?identifier=…" as written in conditional references
+        query = query[m.end() :]
+    try:
+        return urllib.parse.parse_qsl(
+            query, keep_blank_values=True, strict_parsing=False, max_num_fields=2000
+        )
+    except ValueError as exc:
+        raise bad("FHIRHUB-SEARCH-QUERY", f"Malformed query string: {exc}") from exc
+
+
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), CHUNK):
+        yield items[i : i + CHUNK]

@@ -1,0 +1,1 @@
+"""Authorization (SMART Backend Services, scopes) and the audit trail."""

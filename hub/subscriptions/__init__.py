@@ -1,0 +1,1 @@
+"""Subscriptions (R4 and topic-based Backport) and practice workflows, driven by the outbox."""

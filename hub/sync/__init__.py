@@ -1,0 +1,1 @@
+"""Sync with external EHRs over FHIR REST (connector kind ``fhir-rest``)."""
