@@ -18,7 +18,8 @@ install: $(STAMP)
 run: install
 	$(BIN)/fhirhub db upgrade
 	$(BIN)/fhirhub load examples/demo-clinic
-	$(BIN)/fhirhub serve --host 127.0.0.1 --port 8080
+	@echo "make run: FHIRHUB_AUTH=off -- the demo serves without tokens, on loopback only (see README: Security)"
+	FHIRHUB_AUTH=off $(BIN)/fhirhub serve --host 127.0.0.1 --port 8080
 
 lint: install
 	$(BIN)/ruff check hub tests bench

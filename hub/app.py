@@ -72,10 +72,10 @@ class Content:
     def load(cls, profiles_dir: Path, *, search: bool = True, validator: Validating | None = None) -> Content:
         from hub.validation import Validator
 
-        definitions = Definitions.load(profiles_dir)
+        validator = validator or Validator.load(profiles_dir)
         return cls(
-            definitions,
-            validator or Validator.load(profiles_dir),
+            Definitions(frozenset(validator.resource_types)),  # the validator has read the definitions already
+            validator,
             Registry.load(profiles_dir) if search else None,
         )
 
@@ -137,6 +137,9 @@ def create_app(hub: Hub) -> FastAPI:
     authenticator = Authenticator(settings, hub.tokens, external)
     auth_api.mount(app, settings, hub.tokens, hub.ctx.audit)
     fhir_api.mount(app, hub.router, settings, authenticator)
+    from hub.sync import api as sync_api  # issue 7 (sync): admin/connectors + rest-hook routes
+
+    sync_api.mount(app, hub, authenticator)
     app.add_middleware(SecurityHeaders, hsts=settings.tls_certfile is not None)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:

@@ -6,8 +6,11 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from hub.api.auth import Authenticator
 from hub.api.formats import FHIR_JSON, check_accept, check_content_type
@@ -21,19 +24,17 @@ from hub.settings import Settings
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
-def _render(resp: FhirResponse, fhir_req: FhirRequest | None, method: str, summary_elements: Any) -> Response:
+def _render(resp: FhirResponse, fhir_req: FhirRequest | None, method: str) -> Response:
     body = resp.body
     if fhir_req is not None and body is not None and resp.status < 300:
         mode = fhir_req.param("_summary")
         elements = fhir_req.param("_elements")
-        if resp.resource and (mode is not None or elements is not None):
+        if resp.resource and resp.stored is not None and (mode is not None or elements is not None):
             try:
-                reduced = summary.apply(
-                    orjson.loads(body), mode, elements.split(",") if elements else None, summary_elements
-                )
+                wanted = tuple(e.strip() for e in elements.split(",") if e.strip()) if elements else None
+                body = summary.subset(body, resp.stored.res_type, mode, wanted)
             except FhirError as err:
-                return _render(FhirResponse.error(err), None, method, summary_elements)
-            body = orjson.dumps(reduced)
+                return _render(FhirResponse.error(err), None, method)
         if fhir_req.param("_pretty") == "true":
             body = orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2)
     headers = dict(resp.headers)
@@ -64,8 +65,6 @@ PUBLIC_PATHS = {"metadata"}  # the CapabilityStatement is how clients discover t
 
 
 def mount(app: FastAPI, router: FhirRouter, settings: Settings, authenticator: Authenticator) -> None:
-    summary_elements = router.ctx.definitions.summary_elements
-
     async def handle(request: Request, path: str = "") -> Response:
         method = request.method
         base_url = settings.base_url or f"{str(request.base_url).rstrip('/')}/fhir"
@@ -102,9 +101,13 @@ def mount(app: FastAPI, router: FhirRouter, settings: Settings, authenticator: A
         except FhirError as err:
             if err.category in (Category.UNAUTHORIZED, Category.TOO_MANY):
                 router.audit_later(FhirRequest(method, path, principal=principal), None, err.http_status, err.code)
-            return _render(FhirResponse.error(err), None, method, summary_elements)
+            return _render(FhirResponse.error(err), None, method)
         resp = await run_in_threadpool(router.dispatch, fhir_req)
-        return _render(resp, fhir_req, method, summary_elements)
+        return _render(resp, fhir_req, method)
 
-    app.add_api_route("/fhir", handle, methods=METHODS, include_in_schema=False)
-    app.add_api_route("/fhir/{path:path}", handle, methods=METHODS, include_in_schema=False)
+    async def endpoint(request: Request) -> Response:
+        return await handle(request, request.path_params.get("path", ""))
+
+    # Plain Starlette routes: FastAPI's dependency solving and validation cost more than a read.
+    app.router.routes.append(Route("/fhir", endpoint, methods=METHODS))
+    app.router.routes.append(Route("/fhir/{path:path}", endpoint, methods=METHODS))

@@ -1,58 +1,73 @@
-"""``_summary`` and ``_elements`` (https://hl7.org/fhir/R4/search.html#summary)."""
+"""``_summary`` and ``_elements`` (https://hl7.org/fhir/R4/search.html#summary), for read and search alike.
+
+The rules per type (elements marked ``isSummary``, and the mandatory ones ``_elements``
+always keeps) are in ``data/summary-elements.json``, generated from the official R4
+StructureDefinitions. A reduced resource is tagged ``SUBSETTED``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
 from typing import Any
 
+import orjson
+from fhirpathpy.models import models
+
 from hub.errors import invalid
-from hub.fhir.definitions import ALWAYS_KEPT
 
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
 SUMMARY_MODES = ("true", "false", "text", "data", "count")
+CHOICES: dict[str, list[str]] = models["r4"]["choiceTypePaths"]
+RULES = Path(__file__).parent / "data" / "summary-elements.json"
 
 
-def _choice_match(key: str, names: frozenset[str] | set[str]) -> bool:
-    if key in names:
-        return True
-    # valueQuantity matches the choice element "value"
-    return any(key.startswith(n) and key[len(n) : len(n) + 1].isupper() for n in names)
+@cache
+def rules() -> dict[str, dict[str, list[str]]]:
+    data: dict[str, dict[str, list[str]]] = orjson.loads(RULES.read_bytes())
+    return data
 
 
-def _mark_subsetted(resource: dict[str, Any]) -> None:
-    meta = dict(resource.get("meta") or {})
-    tags = list(meta.get("tag") or [])
-    if not any(t.get("code") == "SUBSETTED" for t in tags):
-        tags.append(dict(SUBSETTED))
-    meta["tag"] = tags
-    resource["meta"] = meta
-
-
-def apply(
-    resource: Mapping[str, Any],
-    summary: str | None,
-    elements: list[str] | None,
-    summary_elements: Mapping[str, frozenset[str]],
-) -> dict[str, Any]:
-    """The resource reduced as ``_summary``/``_elements`` ask; marked SUBSETTED when reduced."""
+def check_mode(summary: str | None) -> None:
     if summary is not None and summary not in SUMMARY_MODES:
         raise invalid("FHIRHUB-PARAM-SUMMARY", f"_summary must be one of {', '.join(SUMMARY_MODES)}")
-    res_type = resource.get("resourceType", "")
+
+
+def subset(data: bytes, res_type: str, summary: str | None, elements: tuple[str, ...] | None) -> bytes:
+    """The stored bytes reduced as asked; the same bytes when nothing is asked."""
+    check_mode(summary)
     if summary in (None, "false") and not elements:
-        return dict(resource)
-    if summary == "true":
-        keep = summary_elements.get(res_type, frozenset())
-        out = {k: v for k, v in resource.items() if k in ALWAYS_KEPT or _choice_match(k, keep)}
+        return data
+    res: dict[str, Any] = orjson.loads(data)
+    info = rules().get(res_type, {"summary": [], "mandatory": []})
+    keep: set[str] | None = None
+    if elements:
+        keep = {e.split(".", 1)[1] if e.startswith(res_type + ".") else e for e in elements} | set(info["mandatory"])
+    elif summary == "true":
+        keep = set(info["summary"])
     elif summary == "text":
-        keep_text = {"text", "id", "meta"} | {
-            k for k in summary_elements.get(res_type, frozenset()) if k in ("identifier", "status")
+        keep = {"text"} | set(info["mandatory"])
+    if summary == "data":
+        res.pop("text", None)
+    elif keep is not None:
+        allowed = {"resourceType", "id", "meta"}
+        choice_prefixes = []
+        for k in keep:
+            name = k[:-3] if k.endswith("[x]") else k
+            allowed.add(name)
+            if f"{res_type}.{name}" in CHOICES:
+                choice_prefixes.append(name)
+        res = {
+            k: val
+            for k, val in res.items()
+            if k in allowed
+            or (k.startswith("_") and k[1:] in allowed)
+            or any(k.startswith(p) and len(k) > len(p) and k[len(p)].isupper() for p in choice_prefixes)
         }
-        out = {k: v for k, v in resource.items() if k in ALWAYS_KEPT or k in keep_text}
-    elif summary == "data":
-        out = {k: v for k, v in resource.items() if k != "text"}
-    else:  # _elements
-        wanted = {e.strip().split(".")[-1] if "." in e else e.strip() for e in elements or [] if e.strip()}
-        out = {k: v for k, v in resource.items() if k in ALWAYS_KEPT or _choice_match(k, wanted)}
-        # mandatory elements stay, per the spec's SHOULD; modifiers (e.g. status) kept by summary list
-    _mark_subsetted(out)
-    return out
+    meta = dict(res.get("meta") or {})
+    tags = list(meta.get("tag") or [])
+    if not any(t.get("code") == "SUBSETTED" for t in tags if isinstance(t, dict)):
+        tags.append(dict(SUBSETTED))
+    meta["tag"] = tags
+    res["meta"] = meta
+    return orjson.dumps(res)

@@ -9,6 +9,7 @@ OperationOutcome, logged by error code and type without resource content.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -26,6 +27,7 @@ from hub.store.repository import WriteResult
 log = logging.getLogger("hub.router")
 
 WRITE_KINDS = {"create", "update", "patch", "delete"}
+SINGLE_READS = {"read", "vread", "capabilities"}  # one statement: no transaction needed
 
 
 @dataclass(frozen=True)
@@ -89,29 +91,47 @@ def resolve(method: str, path: str) -> Route:
     raise FhirError(Category.NOT_ALLOWED, "FHIRHUB-METHOD-NOT-ALLOWED", f"{method} is not allowed on this path")
 
 
+OperationHandler = Callable[[FhirRequest, Route], FhirResponse]
+
+
 class FhirRouter:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        # "$name" -> handler, registered by background services (subscriptions: $status $events $resend
+        # $workflow-runs). A handler opens its own read or write transactions.
+        self.operations: dict[str, OperationHandler] = {}
 
     # ----------------------------------------------------------- entry point
     def dispatch(self, req: FhirRequest) -> FhirResponse:
         route: Route | None = None
         try:
             route = resolve(req.method, req.path)
+            handler = self.operations.get(route.operation or "") if route.kind == "operation" else None
+            if handler is not None:
+                authorize(req.principal, route.kind, route.res_type)
+                response = handler(req, route)
+                self.audit_later(req, route, response.status)
+                return response
             if route.kind == "transaction":
                 from hub.interactions import transaction
 
                 return transaction.process(self, req)  # audits itself, entry by entry
             if route.kind in WRITE_KINDS:
-                with self.ctx.db.write() as conn:
-                    planned = self.plan(conn, req, route)
+                write_route = route
+
+                def work(conn: Connection) -> tuple[Planned, WriteResult | None]:
+                    planned = self.plan(conn, req, write_route)
                     result = self.ctx.repo.write(conn, planned.change) if planned.change is not None else None
-                    self.audit_in(conn, req, route, [result] if result is not None else [], planned.entry_url)
+                    if self.ctx.audit is not None:
+                        self.ctx.audit.write(conn, [self.write_record(req, write_route, result, planned.entry_url)])
+                    return planned, result
+
+                planned, result = self.ctx.db.run_write(work)
                 # committed: only now is the answer built, and consumers of the outbox woken
                 if result is not None and result.outcome in ("created", "updated", "deleted"):
                     self.ctx.changes.notify()
                 return planned.respond(result)
-            with self.ctx.db.read() as conn:
+            with self.ctx.db.read_once() if route.kind in SINGLE_READS else self.ctx.db.read() as conn:
                 response = self.query(conn, req, route)
             self.audit_later(req, route, response.status)
             return response
@@ -142,13 +162,11 @@ class FhirRouter:
         return AuditRecord(kind, outcome_code(status), req.principal.client_id, req.principal.address,
                            entities or [], query, detail)
 
-    def audit_in(self, conn: Connection, req: FhirRequest, route: Route, results: list[WriteResult],
-                 entry_url: str | None) -> None:
-        """The audit event of a write, in the write's own transaction."""
-        if self.ctx.audit is None:
-            return
-        refs = [f"{r.stored.res_type}/{r.stored.res_id}/_history/{r.stored.version}" for r in results if r.stored is not None]
-        self.ctx.audit.write(conn, [self.audit_record(req, route, 200, entities=refs or ([entry_url] if entry_url else []))])
+    def write_record(self, req: FhirRequest, route: Route, result: WriteResult | None, entry_url: str | None) -> AuditRecord:
+        """The audit event of a write; the caller inserts it in the write's own transaction."""
+        stored = result.stored if result is not None else None
+        refs = [f"{stored.res_type}/{stored.res_id}/_history/{stored.version}"] if stored else []
+        return self.audit_record(req, route, 200, entities=refs or ([entry_url] if entry_url else []))
 
     def audit_later(self, req: FhirRequest, route: Route | None, status: int, detail: str | None = None) -> None:
         if self.ctx.audit is not None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
+from sqlalchemy import Connection
 
 from hub.errors import Category, FhirError, Issue, invalid, operation_outcome
 from hub.fhir.bundle import Entry, assemble
@@ -186,7 +187,8 @@ def _transaction(router: FhirRouter, req: FhirRequest, entries: list[Any]) -> Fh
         items.append(_Item(i, entry, sub, route))
     items.sort(key=lambda it: ORDER[it.request.method])
     responses: dict[int, FhirResponse] = {}
-    with ctx.db.write() as conn:
+
+    def work(conn: Connection) -> None:
         plans: list[tuple[_Item, Planned]] = []
         idmap: dict[str, str] = {}
         for it in items:
@@ -209,9 +211,10 @@ def _transaction(router: FhirRouter, req: FhirRequest, entries: list[Any]) -> Fh
                     raise _located(err, it.index) from None
         changes = [p.change for _, p in plans if p.change is not None]
         results = iter(ctx.repo.write_many(conn, changes))
+        records = [router.audit_record(req, _TX, 200, entities=[])]
         for it, planned in plans:
             result = next(results) if planned.change is not None else None
-            router.audit_in(conn, it.request, it.route, [result] if result is not None else [], planned.entry_url)
+            records.append(router.write_record(it.request, it.route, result, planned.entry_url))
             responses[it.index] = planned.respond(result)
         for it in items:
             if it.request.method in ("GET", "HEAD"):
@@ -219,10 +222,11 @@ def _transaction(router: FhirRouter, req: FhirRequest, entries: list[Any]) -> Fh
                     responses[it.index] = router.query(conn, it.request, it.route)
                 except FhirError as err:
                     raise _located(err, it.index) from None
-                if ctx.audit is not None:
-                    ctx.audit.write(conn, [router.audit_record(it.request, it.route, responses[it.index].status)])
-        if ctx.audit is not None:
-            ctx.audit.write(conn, [router.audit_record(req, _TX, 200, entities=[])])
+                records.append(router.audit_record(it.request, it.route, responses[it.index].status))
+        if ctx.audit is not None:  # one insert for the transaction and all its entries, committed with them
+            ctx.audit.write(conn, records)
+
+    ctx.db.run_write(work)
     # committed
     ctx.changes.notify()
     with_body = _wants_body(req)

@@ -104,9 +104,28 @@ def _point(c: Cond, col: Any) -> ColumnElement[bool]:
 OR_CHUNK = 100
 
 
+#: value types whose conditions are ranges: a poor driver for a query, a cheap per-row check
+RANGE_TABLES = frozenset({"date", "number", "quantity"})
+
+
+def is_anchor(c: Clause) -> bool:
+    """A selective clause (equality on an index hash or id) that can drive the query."""
+    if isinstance(c, IdClause | CompartmentClause | ChainClause):
+        return True
+    return (
+        isinstance(c, ParamClause)
+        and c.table in ("token", "reference", "uri")
+        and c.missing is None
+        and not c.negate
+    )
+
+
 class Compiler:
-    def __init__(self) -> None:
+    def __init__(self, correlate_ranges: bool = False) -> None:
         self._n = 0
+        #: check range clauses row by row (EXISTS on (resource_pk, hash_identity)) rather than
+        #: collecting every matching pk: set when an equality clause already narrows the query
+        self.correlate_ranges = correlate_ranges
 
     def alias(self, table: Any, prefix: str) -> Any:
         self._n += 1
@@ -142,8 +161,17 @@ class Compiler:
             return not_(has) if c.missing else has
         if c.table == "composite":
             return r.c.pk.in_(self.composite(c))
-        # a long OR list is split into sub-selects of OR_CHUNK (SQLite caps expression depth at 1,000)
         conds = c.value_conds()
+        if self.correlate_ranges and c.table in RANGE_TABLES and len(conds) <= OR_CHUNK:
+            t = self.alias(TABLE_BY_TYPE[c.table], "x")
+            part = [cond_sql(vc, t) for vc in conds]
+            hit = exists(
+                select(literal(1))
+                .select_from(t)
+                .where(t.c.resource_pk == r.c.pk, or_(*part) if len(part) > 1 else part[0])
+            )
+            return not_(hit) if c.negate else hit
+        # a long OR list is split into sub-selects of OR_CHUNK (SQLite caps expression depth at 1,000)
         tests: list[ColumnElement[bool]] = []
         for i in range(0, len(conds), OR_CHUNK):
             t = self.alias(TABLE_BY_TYPE[c.table], "i")

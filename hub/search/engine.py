@@ -20,35 +20,33 @@ import re
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import orjson
-from sqlalchemy import Connection, Select, and_, false, func, or_, select
+from sqlalchemy import Connection, Select, and_, distinct, false, func, or_, select
 
 from hub.errors import Category, FhirError, Issue
-from hub.search.compile import Compiler, keyset
+from hub.fhir import summary as summary_rules
+from hub.search.compile import OR_CHUNK, Compiler, cond_sql, is_anchor, keyset
 from hub.search.index import SearchIndexer
 from hub.search.memory import MemoryMatcher
 from hub.search.params import MODIFIERS, PREFIXES, UNSUPPORTED, Registry
-from hub.search.paths import CHOICES
 from hub.search.query import (
     MAX_COUNT,
     CompartmentClause,
     Cursor,
     Include,
+    ParamClause,
     Query,
     bad,
     parse_query,
 )
-from hub.search.tables import reference_t
+from hub.search.tables import TABLE_BY_TYPE, reference_t
 from hub.search.values import parse_date_range
 from hub.store.tables import resource_t, version_t
 
 MAX_INCLUDES = 1000
 MAX_ITERATE = 4
 CHUNK = 500
-SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
 
 
 @dataclass
@@ -86,17 +84,10 @@ class _Row:
     keys: tuple[Any, ...]
 
 
-def _summary_elements() -> dict[str, dict[str, list[str]]]:
-    raw = (Path(__file__).parent / "data" / "summary-elements.json").read_bytes()
-    data: dict[str, dict[str, list[str]]] = orjson.loads(raw)
-    return data
-
-
 class SearchEngine:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.indexer = SearchIndexer(registry)
-        self._summary = _summary_elements()
 
     # ================================================================ search
     def search(self, conn: Connection, req: SearchRequest) -> SearchResult:
@@ -109,7 +100,7 @@ class SearchEngine:
         where = self._where(comp, q, r, res_types)
         result = SearchResult(issues=list(q.issues))
         if q.summary == "count" or q.count == 0:
-            result.total = self._count(conn, r, where)
+            result.total = self._count(conn, r, where, q, req)
             result.summary_count_only = q.summary == "count"
             result.links = {"self": self._link(req, q, None)}
             return result
@@ -136,9 +127,9 @@ class SearchEngine:
         result.links = links
 
         if q.total in ("accurate", "estimate"):
-            result.total = self._count(conn, r, where)
+            result.total = self._count(conn, r, where, q, req)
         elif q.total is None and q.cursor is None:
-            result.total = len(rows) if not more else self._count(conn, r, where)
+            result.total = len(rows) if not more else self._count(conn, r, where, q, req)
 
         for row in rows:
             data = row.data
@@ -194,12 +185,28 @@ class SearchEngine:
         where: list[Any] = [r.c.deleted == false()]
         if res_types is not None:
             where.append(r.c.res_type == res_types[0] if len(res_types) == 1 else r.c.res_type.in_(res_types))
+        # with an equality clause to drive the query, range clauses are checked row by row (EXISTS);
+        # without one, each clause collects its pks (a row-by-row check would scan the whole type)
+        comp.correlate_ranges = any(is_anchor(c) for c in q.clauses)
         for c in q.clauses:
             where.append(comp.clause(c, r, res_types))
         return where
 
     @staticmethod
-    def _count(conn: Connection, r: Any, where: list[Any]) -> int:
+    def _count(conn: Connection, r: Any, where: list[Any], q: Query | None, req: SearchRequest | None) -> int:
+        # one plain parameter: count its index rows' resources, without visiting the resource table
+        # (index rows exist only for current, non-deleted resources of the type in the identity hash)
+        if q is not None and req is not None and req.compartment is None and len(q.clauses) == 1:
+            c = q.clauses[0]
+            if isinstance(c, ParamClause) and c.missing is None and not c.negate and c.table in TABLE_BY_TYPE:
+                conds = c.value_conds()
+                if 0 < len(conds) <= OR_CHUNK:
+                    t = TABLE_BY_TYPE[c.table].alias("cnt")
+                    parts = [cond_sql(x, t) for x in conds]
+                    stmt = select(func.count(distinct(t.c.resource_pk))).where(
+                        or_(*parts) if len(parts) > 1 else parts[0]
+                    )
+                    return int(conn.execute(stmt).scalar_one())
         return int(conn.execute(select(func.count()).select_from(r).where(*where)).scalar_one())
 
     @staticmethod
@@ -211,26 +218,38 @@ class SearchEngine:
         backward: bool,
         limit: int,
     ) -> Select[Any]:
-        v = version_t.alias("v")
-        cols = [r.c.pk, r.c.res_type, r.c.res_id, v.c.data]
-        cols.extend(e.label(f"k{i}") for i, (e, _) in enumerate(sort_exprs[:-1]))
+        # the page is chosen on the resource table alone; only its rows then fetch their JSON
+        keys = [e.label(f"k{i}") for i, (e, _) in enumerate(sort_exprs[:-1])]
         conds = list(where)
         if cursor is not None:
             conds.append(keyset(sort_exprs, cursor.keys, backward))
-        order = []
-        for e, desc in sort_exprs:
-            if backward:
-                o = e.asc() if desc else e.desc()
-                order.append(o.nulls_first() if e is not r.c.pk else o)
-            else:
-                o = e.desc() if desc else e.asc()
-                order.append(o.nulls_last() if e is not r.c.pk else o)
-        return (
-            select(*cols)
-            .select_from(r.join(v, and_(v.c.resource_pk == r.c.pk, v.c.version == r.c.version)))
+
+        def ordering(cols: list[tuple[Any, bool]]) -> list[Any]:
+            order = []
+            for (e, desc), is_pk in zip(cols, [False] * (len(cols) - 1) + [True], strict=True):
+                if backward:
+                    o = e.asc() if desc else e.desc()
+                    order.append(o if is_pk else o.nulls_first())
+                else:
+                    o = e.desc() if desc else e.asc()
+                    order.append(o if is_pk else o.nulls_last())
+            return order
+
+        page = (
+            select(r.c.pk, r.c.res_type, r.c.res_id, r.c.version, *keys)
             .where(*conds)
-            .order_by(*order)
+            .order_by(*ordering(sort_exprs))
             .limit(limit)
+            .subquery("page")
+        )
+        v = version_t.alias("v")
+        key_cols = [page.c[f"k{i}"] for i in range(len(keys))]
+        outer_sort = [(col, desc) for col, (_, desc) in zip(key_cols, sort_exprs[:-1], strict=True)]
+        outer_sort.append((page.c.pk, False))
+        return (
+            select(page.c.pk, page.c.res_type, page.c.res_id, v.c.data, *key_cols)
+            .select_from(page.join(v, and_(v.c.resource_pk == page.c.pk, v.c.version == page.c.version)))
+            .order_by(*ordering(outer_sort))
         )
 
     # ================================================================ links
@@ -354,45 +373,9 @@ class SearchEngine:
         return out
 
     # ================================================================ _summary / _elements
-    def subset(
-        self, data: bytes, res_type: str, summary: str | None, elements: tuple[str, ...] | None
-    ) -> bytes:
-        res: dict[str, Any] = orjson.loads(data)
-        info = self._summary.get(res_type, {"summary": [], "mandatory": []})
-        keep: set[str] | None = None
-        if elements:
-            keep = set(elements) | set(info["mandatory"])
-        elif summary == "true":
-            keep = set(info["summary"])
-        elif summary == "text":
-            keep = {"text"} | set(info["mandatory"])
-        if summary == "data":
-            res.pop("text", None)
-        elif keep is not None:
-            allowed = {"resourceType", "id", "meta"}
-            choice_prefixes = []
-            for k in keep:
-                name = k[:-3] if k.endswith("[x]") else k
-                allowed.add(name)
-                if f"{res_type}.{name}" in CHOICES:
-                    choice_prefixes.append(name)
-            res = {
-                k: val
-                for k, val in res.items()
-                if k in allowed
-                or (k.startswith("_") and k[1:] in allowed)
-                or any(k.startswith(p) and len(k) > len(p) and k[len(p)].isupper() for p in choice_prefixes)
-            }
-        if summary is None and not elements:
-            return data
-        meta = dict(res.get("meta") or {})
-        tags = list(meta.get("tag") or [])
-        if not any(t.get("code") == "SUBSETTED" for t in tags if isinstance(t, dict)):
-            tags.append(dict(SUBSETTED))
-        meta["tag"] = tags
-        res["meta"] = meta
-        out: bytes = orjson.dumps(res)
-        return out
+    @staticmethod
+    def subset(data: bytes, res_type: str, summary: str | None, elements: tuple[str, ...] | None) -> bytes:
+        return summary_rules.subset(data, res_type, summary, elements)
 
     # ================================================================ conditional operations
     def find(self, conn: Connection, res_type: str, query: str, base_url: str = "") -> list[tuple[int, str]]:
@@ -451,38 +434,27 @@ class SearchEngine:
 
     # ================================================================ $everything
     def everything(
-        self,
-        conn: Connection,
-        patient_id: str,
-        since: str | int | None | list[tuple[str, str]] = None,
-        types: Sequence[str] | str | None = None,
-        count: int | None = None,
-        base_url: str = "",
-        cursor: str | None = None,
+        self, conn: Connection, patient_id: str, params: list[tuple[str, str]], base_url: str
     ) -> SearchResult:
         """``Patient/{id}/$everything``: the patient, its compartment, and what those refer to (per page).
 
-        Also callable as ``everything(conn, patient_id, params, base_url)`` with the
-        request's (name, value) pairs (``_since``, ``_type``, ``_count``, ``_cursor``).
+        ``params`` are the request's (name, value) pairs: ``_since``, ``_type``, ``_count``, ``_cursor``.
         """
-        if isinstance(since, list):
-            params, base_url = since, str(types or base_url)
-            since, types, count, cursor = None, None, None, None
-            for name, value in params:
-                if name == "_since":
-                    since = value
-                elif name == "_type":
-                    types = [t.strip() for t in value.split(",") if t.strip()]
-                elif name == "_count":
-                    if not re.fullmatch(r"[0-9]{1,9}", value):
-                        raise bad(
-                            "FHIRHUB-SEARCH-COUNT", f"_count must be a non-negative integer, not {value!r}"
-                        )
-                    count = int(value)
-                elif name == "_cursor":
-                    cursor = value
-        if isinstance(types, str):
-            types = [types]
+        since: str | None = None
+        types: list[str] | None = None
+        count: int | None = None
+        cursor: str | None = None
+        for name, value in params:
+            if name == "_since":
+                since = value
+            elif name == "_type":
+                types = [t.strip() for t in value.split(",") if t.strip()]
+            elif name == "_count":
+                if not re.fullmatch(r"[0-9]{1,9}", value):
+                    raise bad("FHIRHUB-SEARCH-COUNT", "_count must be a non-negative integer")
+                count = int(value)
+            elif name == "_cursor":
+                cursor = value
         r = resource_t.alias("r")
         exists_row = conn.execute(
             select(r.c.pk).where(r.c.res_type == "Patient", r.c.res_id == patient_id, r.c.deleted == false())
@@ -503,14 +475,11 @@ class SearchEngine:
         kept: list[tuple[str, str]] = []
         since_us: int | None = None
         if since is not None:
-            if isinstance(since, int):
-                since_us = since
-            else:
-                rng = parse_date_range(since)
-                if rng is None:
-                    raise bad("FHIRHUB-SEARCH-DATE", f"_since: {since!r} is not a valid instant")
-                since_us = rng[0]
-                kept.append(("_since", since))
+            rng = parse_date_range(since)
+            if rng is None:
+                raise bad("FHIRHUB-SEARCH-DATE", "_since is not a valid instant")
+            since_us = rng[0]
+            kept.append(("_since", since))
         if types:
             kept.append(("_type", ",".join(types)))
         if count is not None:
@@ -545,7 +514,7 @@ class SearchEngine:
                 base_url, patient_id, kept, Cursor("prev", (rows[0].pk,))
             )
         if cur is None:
-            result.total = len(rows) if not more else self._count(conn, r, where)
+            result.total = len(rows) if not more else self._count(conn, r, where, None, None)
         result.entries = [SearchEntry(x.res_type, x.res_id, x.data, "match") for x in rows]
         # what the page refers to outside the compartment (Practitioner, Organization, Medication, …)
         member_set = set(members)

@@ -26,12 +26,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, select
 
 from hub.errors import invalid
 from hub.fhir.bundle import Entry, assemble
 from hub.fhir.instant import parse_instant_micros
 from hub.security.tables import audit_t
+from hub.store import sql
 from hub.store.db import Database
 from hub.store.repository import instant, now_micros
 
@@ -44,6 +45,7 @@ ACTIONS = {
     "capabilities": "R", "hl7v2": "C", "sync": "E", "authorize": "E",
 }
 RESTFUL = "http://hl7.org/fhir/restful-interaction"
+AUDIT_COLS = ("event_id", "recorded", "client_id", "action", "subtype", "outcome", "entity", "data")
 
 
 @dataclass
@@ -127,8 +129,7 @@ class AuditTrail:
     # -- in the caller's transaction (writes)
     def write(self, conn: Connection, records: Iterable[AuditRecord]) -> None:
         rows = [r.row() for r in records]
-        if rows:
-            conn.execute(insert(audit_t), rows)
+        sql.insert_many(conn, audit_t, AUDIT_COLS, [tuple(row[c] for c in AUDIT_COLS) for row in rows])
 
     # -- batched (reads, failures)
     def enqueue(self, record: AuditRecord) -> None:

@@ -10,6 +10,7 @@ commits.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 import uuid
@@ -19,12 +20,26 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import orjson
-from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Table, select
 
 from hub.errors import Category, FhirError
+from hub.store import sql
 from hub.store.tables import outbox_t, resource_t, version_t
 
 Interaction = Literal["create", "update", "delete"]
+RESOURCE_COLS = ("res_type", "res_id", "version", "deleted", "content_hash", "last_updated")
+UPDATE_COLS = ("version", "deleted", "content_hash", "last_updated")
+VERSION_COLS = ("resource_pk", "res_type", "res_id", "version", "last_updated", "method", "deleted", "data")
+# The hot reads, as driver SQL (see hub/store/sql.py): by (type, id) through the resource table's unique key.
+READ_SQL = (
+    "SELECT r.pk, r.version, r.deleted, r.last_updated, v.data FROM resource r "
+    "JOIN resource_version v ON v.resource_pk = r.pk AND v.version = r.version WHERE r.res_type = {p} AND r.res_id = {p}"
+)
+VREAD_SQL = (
+    "SELECT r.pk, v.last_updated, v.deleted, v.data FROM resource r "
+    "JOIN resource_version v ON v.resource_pk = r.pk WHERE r.res_type = {p} AND r.res_id = {p} AND v.version = {p}"
+)
+OUTBOX_COLS = ("resource_pk", "res_type", "res_id", "version", "interaction", "origin", "at")
 
 
 class Indexer(Protocol):
@@ -130,26 +145,16 @@ class Repository:
     # ------------------------------------------------------------------ reads
     def read(self, conn: Connection, res_type: str, res_id: str) -> Stored | None:
         """The current version (a tombstone when deleted), or None if it never existed."""
-        r, v = resource_t.c, version_t.c
-        row = conn.execute(
-            select(r.pk, r.version, r.deleted, r.last_updated, v.data)
-            .select_from(resource_t.join(version_t, and_(v.resource_pk == r.pk, v.version == r.version)))
-            .where(r.res_type == res_type, r.res_id == res_id)
-        ).first()
+        row = sql.fetch_one(conn, READ_SQL, (res_type, res_id))
         if row is None:
             return None
-        return Stored(row.pk, res_type, res_id, row.version, row.last_updated, row.deleted, row.data)
+        return Stored(row[0], res_type, res_id, row[1], row[3], bool(row[2]), _bytes(row[4]))
 
     def vread(self, conn: Connection, res_type: str, res_id: str, version: int) -> Stored | None:
-        v = version_t.c
-        row = conn.execute(
-            select(v.resource_pk, v.last_updated, v.deleted, v.data).where(
-                v.res_type == res_type, v.res_id == res_id, v.version == version
-            )
-        ).first()
+        row = sql.fetch_one(conn, VREAD_SQL, (res_type, res_id, version))
         if row is None:
             return None
-        return Stored(row.resource_pk, res_type, res_id, version, row.last_updated, row.deleted, row.data)
+        return Stored(row[0], res_type, res_id, version, row[1], bool(row[2]), _bytes(row[3]))
 
     def exists(self, conn: Connection, res_type: str, res_id: str) -> bool:
         r = resource_t.c
@@ -172,10 +177,9 @@ class Repository:
         current = self._lock_current(conn, changes)
         now = self.clock()
         results: list[WriteResult] = []
-        new_rows: list[dict[str, Any]] = []  # resource rows to insert
+        new_rows: list[tuple[Any, ...]] = []  # resource rows to insert (RESOURCE_COLS)
         new_results: list[WriteResult] = []
-        updates: list[dict[str, Any]] = []
-        versions: list[dict[str, Any]] = []
+        updates: list[tuple[Any, ...]] = []  # UPDATE_COLS + pk
         reindex: list[tuple[int | None, WriteResult, dict[str, Any] | None]] = []
         for change in changes:
             cur = current.get((change.res_type, change.res_id))
@@ -186,7 +190,7 @@ class Repository:
                     continue
                 version = cur.version + 1
                 stored = Stored(cur.pk, change.res_type, change.res_id, version, now, True, None)
-                updates.append({"b_pk": cur.pk, "version": version, "deleted": True, "content_hash": b"", "last_updated": now})
+                updates.append((version, True, b"", now, cur.pk))
                 result = WriteResult(change, "deleted", stored)
                 reindex.append((cur.pk, result, None))
             else:
@@ -200,85 +204,42 @@ class Repository:
                 if cur is None:
                     stored = Stored(0, change.res_type, change.res_id, version, now, False, data)
                     result = WriteResult(change, "created", stored)
-                    new_rows.append(
-                        {
-                            "res_type": change.res_type,
-                            "res_id": change.res_id,
-                            "version": version,
-                            "deleted": False,
-                            "content_hash": digest,
-                            "last_updated": now,
-                        }
-                    )
+                    new_rows.append((change.res_type, change.res_id, version, False, digest, now))
                     new_results.append(result)
                     reindex.append((None, result, body))
                 else:
                     stored = Stored(cur.pk, change.res_type, change.res_id, version, now, False, data)
                     result = WriteResult(change, "updated" if not cur.deleted else "created", stored)
-                    updates.append(
-                        {"b_pk": cur.pk, "version": version, "deleted": False, "content_hash": digest, "last_updated": now}
-                    )
+                    updates.append((version, False, digest, now, cur.pk))
                     reindex.append((cur.pk, result, body))
             results.append(result)
 
         if new_rows:
-            inserted = conn.execute(
-                insert(resource_t).returning(resource_t.c.pk, sort_by_parameter_order=True), new_rows
-            ).all()
-            for res, row in zip(new_results, inserted, strict=True):
+            if len(new_rows) == 1:
+                pks = [sql.insert_one_returning_pk(conn, resource_t, RESOURCE_COLS, new_rows[0])]
+            else:
+                pks = sql.next_pks(conn, resource_t, len(new_rows))
+                sql.insert_many(conn, resource_t, ("pk", *RESOURCE_COLS), [(pk, *row) for pk, row in zip(pks, new_rows, strict=True)])
+            for res, pk in zip(new_results, pks, strict=True):
                 assert res.stored is not None
-                res.stored = _with_pk(res.stored, row.pk)
-        if updates:
-            conn.execute(
-                update(resource_t)
-                .where(resource_t.c.pk == bindparam("b_pk"))
-                .values(
-                    version=bindparam("version"),
-                    deleted=bindparam("deleted"),
-                    content_hash=bindparam("content_hash"),
-                    last_updated=bindparam("last_updated"),
-                ),
-                updates,
-            )
+                res.stored = _with_pk(res.stored, pk)
+        sql.update_by_pk(conn, resource_t, UPDATE_COLS, updates)
         written = [r for r in results if r.outcome in ("created", "updated", "deleted")]
+        versions = []
+        outbox = []
         for res in written:
             s = res.stored
             assert s is not None
-            versions.append(
-                {
-                    "resource_pk": s.pk,
-                    "res_type": s.res_type,
-                    "res_id": s.res_id,
-                    "version": s.version,
-                    "last_updated": s.last_updated,
-                    "method": res.change.method,
-                    "deleted": s.deleted,
-                    "data": s.data,
-                }
-            )
-        if versions:
-            conn.execute(insert(version_t), versions)
+            versions.append((s.pk, s.res_type, s.res_id, s.version, s.last_updated, res.change.method, s.deleted, s.data))
+            outbox.append((s.pk, s.res_type, s.res_id, s.version, _interaction(res), res.change.origin, now))
+        sql.insert_many(conn, version_t, VERSION_COLS, versions)
         self._reindex(conn, reindex)
-        if versions:
+        if outbox:
             if conn.dialect.name == "postgresql":
                 # Outbox keys must commit in key order, or a reader could pass a key that commits later:
                 # this lock, held to commit, orders the writers' last step (SQLite has one writer anyway).
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7245001)")
-            conn.execute(
-                insert(outbox_t),
-                [
-                    {
-                        "resource_pk": v["resource_pk"],
-                        "res_type": v["res_type"],
-                        "res_id": v["res_id"],
-                        "version": v["version"],
-                        "interaction": _interaction(res),
-                        "origin": res.change.origin,
-                        "at": now,
-                    }
-                    for v, res in zip(versions, written, strict=True)
-                ],
-            )
+            sql.insert_many(conn, outbox_t, OUTBOX_COLS, outbox)
         return results
 
     # ---------------------------------------------------------------- helpers
@@ -327,20 +288,29 @@ class Repository:
         old_pks = [pk for pk, _, _ in items if pk is not None]
         if old_pks:
             for table in tables:
-                conn.execute(delete(table).where(table.c.resource_pk.in_(old_pks)))
-        batches: dict[Table, list[dict[str, Any]]] = {}
+                sql.delete_where_in(conn, table, "resource_pk", old_pks)
+        batches: dict[Table, list[tuple[Any, ...]]] = {}
         for _, res, body in items:
             if body is None or res.stored is None:
                 continue
             pk = res.stored.pk
             for table, rows in self.indexer.extract(body).items():
+                columns = _index_columns(table)
                 bucket = batches.setdefault(table, [])
                 for row in rows:
                     row["resource_pk"] = pk
-                    bucket.append(row)
-        for table, rows in batches.items():
-            if rows:
-                conn.execute(insert(table), rows)
+                    bucket.append(tuple(row.get(c, 0 if c == "grp" else None) for c in columns))
+        for table, tuples in batches.items():
+            sql.insert_many(conn, table, _index_columns(table), tuples)
+
+
+@functools.cache
+def _index_columns(table: Table) -> tuple[str, ...]:
+    return sql.insert_columns(table)
+
+
+def _bytes(data: Any) -> bytes | None:
+    return None if data is None else bytes(data)
 
 
 def _interaction(res: WriteResult) -> Interaction:

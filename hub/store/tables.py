@@ -50,9 +50,10 @@ class ResourceVersion(SQLModel, table=True):
     __tablename__ = "resource_version"
     __table_args__ = (
         UniqueConstraint("resource_pk", "version", name="uq_version_resource_version"),
-        Index("ix_version_type_id", "res_type", "res_id", "version"),  # vread, instance history
         Index("ix_version_type_pk", "res_type", "pk"),  # type history, newest first
-        Index("ix_version_updated", "last_updated"),  # _since
+        # vread and instance history go through resource (type, id) -> uq (resource_pk, version);
+        # system history and _since scan the primary key newest first. Every index here is
+        # written on every change, so there are only these.
     )
 
     pk: int | None = Field(default=None, sa_column=Column(PK, primary_key=True, autoincrement=True))

@@ -158,7 +158,7 @@ def test_compartment(corpus_db: SearchDB) -> None:
 
 def test_everything(corpus_db: SearchDB) -> None:
     with corpus_db.db.read() as conn:
-        r = corpus_db.engine.everything(conn, "h-muller", None, None, None, "http://hub.test/fhir")
+        r = corpus_db.engine.everything(conn, "h-muller", [], "http://hub.test/fhir")
     matches = {(e.res_type, e.res_id) for e in r.entries if e.mode == "match"}
     assert {
         ("Patient", "h-muller"),
@@ -181,9 +181,8 @@ def test_everything_paging_and_filters(corpus_db: SearchDB) -> None:
     base = "http://hub.test/fhir"
     seen: list[str] = []
     with corpus_db.db.read() as conn:
-        r = corpus_db.engine.everything(
-            conn, "h-muller", None, ["Observation", "Encounter", "Patient"], 2, base
-        )
+        params = [("_type", "Observation,Encounter,Patient"), ("_count", "2")]
+        r = corpus_db.engine.everything(conn, "h-muller", params, base)
         while True:
             seen.extend(f"{e.res_type}/{e.res_id}" for e in r.entries if e.mode == "match")
             nxt = r.links.get("next")
@@ -191,9 +190,7 @@ def test_everything_paging_and_filters(corpus_db: SearchDB) -> None:
                 break
             assert "/Patient/h-muller/$everything?" in nxt
             cursor = nxt.split("_cursor=")[1]
-            r = corpus_db.engine.everything(
-                conn, "h-muller", None, ["Observation", "Encounter", "Patient"], 2, base, cursor
-            )
+            r = corpus_db.engine.everything(conn, "h-muller", [*params, ("_cursor", cursor)], base)
         assert sorted(seen) == sorted(
             [
                 "Patient/h-muller",
@@ -204,11 +201,10 @@ def test_everything_paging_and_filters(corpus_db: SearchDB) -> None:
             ]
         )
         assert len(seen) == len(set(seen))
-        r = corpus_db.engine.everything(conn, "h-muller", "2999-01-01", None, None, base)
+        r = corpus_db.engine.everything(conn, "h-muller", [("_since", "2999-01-01")], base)
         assert r.entries == []
-        # the REST layer's calling convention: the request's parameters
         r = corpus_db.engine.everything(conn, "h-muller", [("_type", "Observation"), ("_count", "1")], base)
         assert len([e for e in r.entries if e.mode == "match"]) == 1 and "next" in r.links
         with pytest.raises(FhirError) as err:
-            corpus_db.engine.everything(conn, "nobody", None, None, None, base)
+            corpus_db.engine.everything(conn, "nobody", [], base)
         assert err.value.http_status == 404

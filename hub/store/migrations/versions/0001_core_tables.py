@@ -57,17 +57,13 @@ def upgrade() -> None:
     sa.UniqueConstraint('resource_pk', 'version', name='uq_version_resource_version')
     )
     with op.batch_alter_table('resource_version', schema=None) as batch_op:
-        batch_op.create_index('ix_version_type_id', ['res_type', 'res_id', 'version'], unique=False)
         batch_op.create_index('ix_version_type_pk', ['res_type', 'pk'], unique=False)
-        batch_op.create_index('ix_version_updated', ['last_updated'], unique=False)
 
 
 
 def downgrade() -> None:
     with op.batch_alter_table('resource_version', schema=None) as batch_op:
-        batch_op.drop_index('ix_version_updated')
         batch_op.drop_index('ix_version_type_pk')
-        batch_op.drop_index('ix_version_type_id')
 
     op.drop_table('resource_version')
     op.drop_table('resource')

@@ -1,0 +1,74 @@
+"""Concurrent writers: each gets its own answer, failures stay isolated, nothing is acknowledged uncommitted."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from hub.app import Content, build_hub
+from hub.interactions.request import FhirRequest
+from hub.settings import Settings
+from hub.store.db import Database
+from hub.store.schema import upgrade
+from hub.store.tables import outbox_t, resource_t
+
+
+def test_units_fail_alone_and_results_reach_their_callers(db_url: str) -> None:
+    db = Database(db_url)
+    upgrade(db)
+    barrier = threading.Barrier(8)
+
+    def unit(n: int) -> int:
+        def work(conn: sa.Connection) -> int:
+            conn.exec_driver_sql(
+                "INSERT INTO outbox (resource_pk, res_type, res_id, version, interaction, origin, at) "
+                + ("VALUES (?, 'T', ?, 1, 'create', NULL, 0)" if db.is_sqlite else "VALUES (%s, 'T', %s, 1, 'create', NULL, 0)"),
+                (n, str(n)),
+            )
+            if n % 3 == 0:
+                raise ValueError(f"unit {n} fails")
+            return n * 10
+
+        barrier.wait(5) if n < 8 else None
+        return db.run_write(work)
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = {n: pool.submit(unit, n) for n in range(40)}
+    for n, fut in futures.items():
+        if n % 3 == 0:
+            with pytest.raises(ValueError, match=f"unit {n} fails"):
+                fut.result()
+        else:
+            assert fut.result() == n * 10
+    with db.read() as conn:
+        kept = sorted(int(r[0]) for r in conn.execute(sa.select(outbox_t.c.res_id)))
+    assert kept == [n for n in range(40) if n % 3]
+    db.dispose()
+
+
+def test_concurrent_creates_through_the_router(db_url: str, content: Content) -> None:
+    hub = build_hub(Settings(database_url=db_url), content=content)
+    upgrade(hub.ctx.db)
+
+    def create(n: int) -> tuple[int, Any]:
+        body: dict[str, Any] = {"resourceType": "Patient", "identifier": [{"system": "urn:t", "value": str(n)}]}
+        if n % 5 == 0:
+            body["gender"] = "robot"  # invalid: 422, and nothing written
+        r = hub.router.dispatch(FhirRequest("POST", "Patient", [], {}, body, "http://hub.test/fhir"))
+        return r.status, orjson.loads(r.body or b"{}").get("id")
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(create, range(100)))
+    created = [rid for status, rid in results if status == 201]
+    assert [status for status, _ in results].count(422) == 20
+    assert len(created) == 80 and len(set(created)) == 80
+    with hub.ctx.db.read() as conn:
+        stored = {r[0] for r in conn.execute(sa.select(resource_t.c.res_id).where(resource_t.c.res_type == "Patient"))}
+        outbox = conn.execute(sa.select(sa.func.count()).select_from(outbox_t)).scalar_one()
+    assert stored == set(created) and outbox == 80
+    hub.close()
