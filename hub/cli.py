@@ -196,5 +196,9 @@ def clients_revoke(client_id: str) -> None:
     console.print(f"revoked {client_id}")
 
 
+from hub.sync import cli as sync_cli  # noqa: E402  issue 7 (sync)
+
+app.add_typer(sync_cli.app, name="connectors")
+
 def main() -> None:
     app()

@@ -34,6 +34,32 @@ class Settings(BaseSettings):
     cors_origins: str = Field("", description="comma-separated origins allowed by CORS (empty: CORS off)")
     tls_certfile: Path | None = Field(None, description="PEM certificate: serve HTTPS")
     tls_keyfile: Path | None = Field(None, description="PEM private key for tls_certfile")
+    # --- subscriptions and workflows (issue 5) ---
+    subscriptions: str = Field("on", description="on: `fhirhub serve` runs the subscription dispatcher, deliveries and workflows")
+    subscription_start: str = Field("beginning", description="beginning | head: where the dispatcher of a new database starts reading the outbox")
+    subscription_poll: float = Field(2.0, description="seconds between recovery polls of the outbox and of due retries (commits wake it at once)")
+    subscription_concurrency: int = Field(4, description="deliveries in flight at once per endpoint (scheme://host:port)")
+    subscription_timeout: float = Field(10.0, description="seconds a rest-hook endpoint has to answer")
+    subscription_retry_initial: float = Field(1.0, description="first retry delay in seconds (then exponential, with jitter)")
+    subscription_retry_max: float = Field(600.0, description="longest delay between two retries, in seconds")
+    subscription_retry_for: float = Field(86400.0, description="seconds a delivery is retried before it is parked as dead")
+    subscription_error_after: int = Field(5, description="consecutive failed attempts that put a subscription in status error")
+    subscription_queue: int = Field(5000, description="pending deliveries per endpoint held in memory (the rest wait in the database)")
+    subscription_retention_days: float = Field(30.0, description="days delivered and dead deliveries are kept (for $events and $resend)")
+    workflows_dir: Path = Field(ROOT / "workflows", description="folder of workflow files (*.yaml)")
+    workflow_concurrency: int = Field(4, description="workflow runs executing at once")
+    workflow_retry_for: float = Field(86400.0, description="seconds a failing workflow step (channel, webhook) is retried")
+    smtp_host: str | None = Field(None, description="SMTP server for the email channel (unset: email is not available)")
+    smtp_port: int = Field(25, description="SMTP port")
+    smtp_username: str | None = Field(None, description="SMTP login (optional)")
+    smtp_password: str | None = Field(None, description="SMTP password (optional)")
+    smtp_starttls: bool = Field(False, description="upgrade the SMTP connection with STARTTLS")
+    smtp_from: str = Field("clinic@fhirhub.invalid", description="From address of workflow emails")
+    sms_url: str | None = Field(None, description="HTTP endpoint of the SMS provider (unset: SMS is not available)")
+    sms_token: str | None = Field(None, description="bearer token sent to the SMS provider")
+    sms_from: str | None = Field(None, description="sender number or name given to the SMS provider")
+    # --- EHR sync over FHIR REST (issue 7) ---
+    sync_connectors_dir: Path = Field(ROOT / "connectors", description="folder whose fhir-*.yaml files (kind fhir-rest) define the EHR sync connectors")
 
 
 def resolve_database_url(url: str) -> str:

@@ -1,0 +1,1 @@
+"""fhirhub benchmarks: ``make bench`` runs ``python -m bench`` (see bench/__main__.py)."""
