@@ -25,6 +25,7 @@ from hub.search.engine import SearchEngine
 from hub.search.index import SearchIndexer
 from hub.search.params import Registry
 from hub.security.audit import AuditTrail
+from hub.subscriptions.spec import TopicCatalog, subscription_types
 from hub.security.tokens import ClientStore, TokenService
 from hub.settings import Settings
 from hub.store.db import Database
@@ -103,6 +104,8 @@ def build_hub(settings: Settings, *, content: Content | None = None, validator: 
         search=engine,
         audit=AuditTrail(db),
     )
+    topics = TopicCatalog.load(settings.profiles_dir)
+    ctx.subscription_types = lambda resource: subscription_types(resource, topics)
     tokens = None if settings.auth_issuer else TokenService(db, ClientStore(db), token_ttl=settings.token_ttl)
     hub = Hub(settings, ctx, FhirRouter(ctx), tokens)
     if with_services:

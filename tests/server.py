@@ -42,10 +42,14 @@ class HubProcess:
 @contextlib.contextmanager
 def running_hub(db_url: str, workdir: Path, extra_env: dict[str, str] | None = None, port: int | None = None) -> Iterator[HubProcess]:
     port = port or free_port()
+    no_connectors = workdir / "no-connectors"  # connectors/ would make every test hub bind MLLP port 2575
+    no_connectors.mkdir(exist_ok=True)
     env = {
         **os.environ,
         "FHIRHUB_DATABASE_URL": db_url,
         "FHIRHUB_LOG_LEVEL": "INFO",
+        "FHIRHUB_CONNECTORS_DIR": str(no_connectors),
+        "FHIRHUB_SYNC_CONNECTORS_DIR": str(no_connectors),
         **(extra_env or {}),
     }
     log_path = workdir / f"hub-{port}.log"

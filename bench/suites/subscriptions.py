@@ -245,8 +245,11 @@ def run(db: str, workdir: Path, opts: Options) -> Section:
     ports = [free_port() for _ in range(SUBSCRIPTIONS)]
     failing = free_port()
     stats_port = free_port()
+    empty = workdir / "no-connectors"
+    empty.mkdir(exist_ok=True)
+    env = {**HUB_ENV, "FHIRHUB_CONNECTORS_DIR": str(empty), "FHIRHUB_SYNC_CONNECTORS_DIR": str(empty)}
     with fresh_databases(db, workdir, ["hub"]) as urls, _receiver(ports, failing, stats_port), \
-            server("hub", urls["hub"], workdir, HUB_ENV) as srv:
+            server("hub", urls["hub"], workdir, env) as srv:
         base = srv.base
         subs = [_subscribe(base, p) for p in ports]
         _wait_active(base, subs)

@@ -19,7 +19,15 @@ INSTANCE = ["read", "vread", "update", "patch", "delete", "history-instance"]
 TYPE = ["history-type", "create"]
 
 
-def build(ctx: Context, base_url: str) -> dict[str, Any]:
+OPERATION_DOCS = {
+    "$status": "Subscription $status (R4 Subscriptions Backport IG): the subscription's status and event count",
+    "$events": "Subscription $events (R4 Subscriptions Backport IG): past notifications by event number",
+    "$resend": "fhirhub: replay dead or past deliveries, by subscription, resource or time range",
+    "$workflow-runs": "fhirhub: workflow runs and their steps (scope fhirhub/admin)",
+}
+
+
+def build(ctx: Context, base_url: str, operations: list[str] | None = None) -> dict[str, Any]:
     searching = ctx.search is not None
     resources = []
     for res_type in sorted(ctx.resource_types):
@@ -51,10 +59,19 @@ def build(ctx: Context, base_url: str) -> dict[str, Any]:
         "resource": resources,
         "interaction": system,
     }
+    ops: list[dict[str, Any]] = []
     if searching:
-        rest["operation"] = [
-            {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
-        ]
+        ops.append({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"})
+    for name in operations or []:
+        ops.append({"name": name.lstrip("$"), "definition": f"https://fhirhub.dev/OperationDefinition/{name.lstrip('$')}",
+                    "documentation": OPERATION_DOCS.get(name, "")})
+    if ops:
+        rest["operation"] = ops
+    if operations:
+        rest["documentation"] += (
+            " Subscriptions: R4 criteria-based and R4 Subscriptions Backport topic-based, channel rest-hook"
+            " (payload none or application/fhir+json), delivered at least once, in order per resource."
+        )
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -70,5 +87,5 @@ def build(ctx: Context, base_url: str) -> dict[str, Any]:
     }
 
 
-def respond(ctx: Context, req: FhirRequest) -> FhirResponse:
-    return FhirResponse(200, orjson.dumps(build(ctx, req.base_url)))
+def respond(ctx: Context, req: FhirRequest, operations: list[str] | None = None) -> FhirResponse:
+    return FhirResponse(200, orjson.dumps(build(ctx, req.base_url, operations)))

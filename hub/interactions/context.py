@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,6 +42,8 @@ class Context:
     search: Searching | None = None
     audit: AuditTrail | None = None
     changes: ChangeSignal = field(default_factory=ChangeSignal)  # rung after every committed write
+    # The resource types a Subscription discloses (its criteria or its topic's triggers), for the scope check.
+    subscription_types: Callable[[Mapping[str, Any]], frozenset[str]] | None = None
 
     @property
     def resource_types(self) -> frozenset[str]:

@@ -21,7 +21,7 @@ from hub.interactions.context import Context
 from hub.interactions.request import FhirRequest, FhirResponse, Planned
 from hub.security import audit
 from hub.security.audit import AuditRecord, outcome_code
-from hub.security.policy import AUDIT_TYPE, authorize
+from hub.security.policy import AUDIT_TYPE, authorize, authorize_subscription
 from hub.store.repository import WriteResult
 
 log = logging.getLogger("hub.router")
@@ -177,6 +177,16 @@ class FhirRouter:
         ctx = self.ctx
         assert route.res_type is not None
         authorize(req.principal, route.kind, route.res_type)
+        planned = self._plan(conn, req, route, location)
+        change = planned.change
+        if route.res_type == "Subscription" and change is not None and change.resource is not None:
+            disclosed = ctx.subscription_types(change.resource) if ctx.subscription_types else frozenset()
+            authorize_subscription(req.principal, disclosed)
+        return planned
+
+    def _plan(self, conn: Connection, req: FhirRequest, route: Route, location: str | None) -> Planned:
+        ctx = self.ctx
+        assert route.res_type is not None
         criteria = urlencode(req.params) if route.res_id is None else None
         if route.kind == "create":
             return create.plan(ctx, conn, req, route.res_type, location=location)
@@ -213,7 +223,7 @@ class FhirRouter:
         if kind == "history-system":
             return history.history(ctx, conn, req)
         if kind == "capabilities":
-            return capabilities.respond(ctx, req)
+            return capabilities.respond(ctx, req, sorted(self.operations))
         if kind == "search-type":
             return search.search(ctx, conn, req, route.res_type)
         if kind == "search-system":

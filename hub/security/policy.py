@@ -48,3 +48,10 @@ def authorize(principal: Principal, kind: str, res_type: str | None, compartment
         raise forbidden(f"The granted scopes do not allow '{letter}' on {res_type}")
     if compartment_type is not None and not perms.can_see(compartment_type):
         raise forbidden(f"The granted scopes do not allow reading {compartment_type}")
+
+
+def authorize_subscription(principal: Principal, disclosed: frozenset[str]) -> None:
+    """A client may subscribe only to changes of types it may read (a Subscription discloses them)."""
+    hidden = sorted(t for t in disclosed if not principal.permissions.can_see(t))
+    if hidden:
+        raise forbidden(f"A Subscription would disclose {', '.join(hidden)}, which the granted scopes do not allow reading")

@@ -139,3 +139,18 @@ def test_transaction_entries_are_checked_and_nothing_is_written(hub: Hub) -> Non
     batch = {**bundle, "type": "batch"}
     out = orjson.loads(call(hub, principal, "POST", "", batch).body or b"{}")
     assert [e["response"]["status"][:3] for e in out["entry"]] == ["201", "403"]
+
+
+def test_subscriptions_only_for_readable_types(hub: Hub) -> None:
+    principal = Principal("s", Permissions.from_scopes("system/Subscription.cruds system/Appointment.rs"))
+    sub = {"resourceType": "Subscription", "status": "requested", "reason": "sync", "criteria": "Patient?active=true",
+           "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook", "payload": "application/fhir+json"}}
+    denied = call(hub, principal, "POST", "Subscription", sub)
+    assert denied.status == 403 and b"Patient" in (denied.body or b"")
+    allowed = call(hub, principal, "POST", "Subscription", {**sub, "criteria": "Appointment?status=booked"})
+    assert allowed.status == 201
+    sid = orjson.loads(allowed.body or b"")["id"]
+    # and it cannot be widened afterwards by an update or a patch
+    assert call(hub, principal, "PUT", f"Subscription/{sid}", {**sub, "id": sid}).status == 403
+    assert call(hub, principal, "PATCH", f"Subscription/{sid}",
+                [{"op": "replace", "path": "/criteria", "value": "Claim?status=active"}]).status == 403
