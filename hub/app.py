@@ -25,11 +25,11 @@ from hub.search.engine import SearchEngine
 from hub.search.index import SearchIndexer
 from hub.search.params import Registry
 from hub.security.audit import AuditTrail
-from hub.subscriptions.spec import TopicCatalog, subscription_types
 from hub.security.tokens import ClientStore, TokenService
 from hub.settings import Settings
 from hub.store.db import Database
 from hub.store.repository import Repository
+from hub.subscriptions.spec import TopicCatalog, subscription_types
 
 log = logging.getLogger("hub.app")
 
