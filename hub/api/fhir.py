@@ -93,7 +93,7 @@ def mount(app: FastAPI, router: FhirRouter, settings: Settings, authenticator: A
                 method=method,
                 path=path,
                 params=params,
-                headers={k.lower(): v for k, v in request.headers.items()},
+                headers=dict(request.headers),  # Starlette gives the names in lower case
                 body=body,
                 base_url=base_url,
                 principal=principal,
@@ -102,7 +102,10 @@ def mount(app: FastAPI, router: FhirRouter, settings: Settings, authenticator: A
             if err.category in (Category.UNAUTHORIZED, Category.TOO_MANY):
                 router.audit_later(FhirRequest(method, path, principal=principal), None, err.http_status, err.code)
             return _render(FhirResponse.error(err), None, method)
-        resp = await run_in_threadpool(router.dispatch, fhir_req)
+        if router.is_quick(method, path):
+            resp = router.dispatch(fhir_req)
+        else:
+            resp = await run_in_threadpool(router.dispatch, fhir_req)
         return _render(resp, fhir_req, method)
 
     async def endpoint(request: Request) -> Response:

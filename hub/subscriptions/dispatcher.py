@@ -17,6 +17,7 @@ so nothing is sent that is not recorded, and a crash replays from the last commi
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,9 @@ BATCH = 500
 RUN_NS = uuid.UUID("0c8f7a52-1d7e-4f0e-9a55-2c3f3b1e7d10")
 
 
+CURSOR_EVERY = 5.0  # seconds between cursor writes while nothing matches
+
+
 class CursorMoved(Exception):
     """Another process advanced the cursor: reload and go on from there."""
 
@@ -58,11 +62,14 @@ class Batch:
 class Dispatcher:
     def __init__(self, service: SubscriptionService) -> None:
         self.service = service
-        self.cursor = 0
+        self.cursor = 0  # the last outbox key handled, in memory
+        self.persisted = 0  # the last outbox key recorded in outbox_consumer
+        self.persisted_at = 0.0
 
     def load_cursor(self) -> None:
         with self.service.db.write() as conn:
             self.cursor = outbox.cursor(conn, CONSUMER, start_at_head=self.service.settings.subscription_start == "head")
+        self.persisted = self.cursor
 
     # ------------------------------------------------------------------ one batch (in a worker thread)
     def step(self) -> Batch | None:
@@ -123,14 +130,20 @@ class Dispatcher:
                     batch.cancelled_subs.append(row.res_id)
         for sid, st in batch.states.items():
             st.events = events.get(sid, st.events)
+        idle = not (deliveries or runs or batch.states or batch.cancelled_subs)
+        if idle and time.monotonic() - self.persisted_at < CURSOR_EVERY:
+            # Nothing matched: re-reading these rows after a crash yields nothing either, so the cursor
+            # is recorded lazily, sparing a write transaction per change on the single SQLite writer.
+            return batch
         with svc.db.write() as conn:
             self._commit(conn, batch, deliveries, runs, events, now)
+        self.persisted, self.persisted_at = batch.cursor, time.monotonic()
         return batch
 
     def _commit(self, conn: Connection, batch: Batch, deliveries: list[dict[str, Any]], runs: list[dict[str, Any]],
                 events: dict[str, int], now: int) -> None:
         c = outbox.consumer_t.c
-        moved = conn.execute(update(outbox.consumer_t).where(c.name == CONSUMER, c.last_pk == self.cursor)
+        moved = conn.execute(update(outbox.consumer_t).where(c.name == CONSUMER, c.last_pk == self.persisted)
                              .values(last_pk=batch.cursor)).rowcount
         if moved != 1:
             raise CursorMoved()
