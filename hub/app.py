@@ -140,9 +140,11 @@ def create_app(hub: Hub) -> FastAPI:
     authenticator = Authenticator(settings, hub.tokens, external)
     auth_api.mount(app, settings, hub.tokens, hub.ctx.audit)
     fhir_api.mount(app, hub.router, settings, authenticator)
-    from hub.sync import api as sync_api  # issue 7 (sync): admin/connectors + rest-hook routes
+    from hub.hl7 import api as hl7_api
+    from hub.sync import api as sync_api
 
-    sync_api.mount(app, hub, authenticator)
+    sync_api.mount(app, hub, authenticator)  # /admin/connectors, /sync/<name>/notify
+    hl7_api.mount(app, hub, authenticator)  # /admin/messages
     app.add_middleware(SecurityHeaders, hsts=settings.tls_certfile is not None)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:

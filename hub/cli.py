@@ -196,9 +196,13 @@ def clients_revoke(client_id: str) -> None:
     console.print(f"revoked {client_id}")
 
 
-from hub.sync import cli as sync_cli  # noqa: E402  issue 7 (sync)
+from hub.hl7 import cli as hl7_cli  # noqa: E402
+from hub.sync import cli as sync_cli  # noqa: E402
 
 app.add_typer(sync_cli.app, name="connectors")
+app.command("map")(hl7_cli.map_command)
+app.command("replay")(hl7_cli.replay_command)
+app.add_typer(hl7_cli.messages_app, name="messages")
 
 def main() -> None:
     app()

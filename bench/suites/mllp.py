@@ -10,11 +10,12 @@ room), each with its own MSH-10, so no resend short-cut applies.
 
 Rows (targets from issue 6):
 
-* **ingest**: the ``enhanced`` listener answers CA once the raw message is committed in the
-  message store; clients send their next message on the CA (8 connections). Conversion and
-  commit of the stored messages run behind it in the same process (the enhanced-mode design),
-  and the application ACKs that arrive are counted. Targets: ≥ 1,000 msg/s and ≥ 0.5 × the echo
-  (the echo group-commits whatever has arrived; a second echo row commits once per message);
+* **ingest**: an ``enhanced`` listener with ``apply: idle`` answers CA once the raw message is
+  committed in the message store; clients send their next message on the CA (8 connections);
+  the backlog is mapped and committed once the senders pause (the enhanced-mode design: receipt
+  first, application processing queued). Targets: ≥ 1,000 msg/s and ≥ 0.5 × the echo (store the
+  raw message, commit, prebuilt ACK). Shown beside it: the same against an echo that group-commits,
+  and the ingest rate of a listener that applies at once (``apply: immediate``);
 * **apply**: the ``original`` listener answers AA only after the FHIR transaction committed:
   the capacity of parse + map + commit through the one write path (closed loop, 8 connections);
 * **sustained**: the enhanced listener fed at a fixed 300 msg/s (open loop); the application
@@ -39,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +181,9 @@ async def _echo_main(url: str, port: int, group: bool) -> None:
             self.buf = bytearray()
             self.waiting: list[asyncio.Future[None]] = []
 
+        def answer(self, ack: bytes, _: object) -> None:
+            self.transport.write(ack)
+
         def data_received(self, data: bytes) -> None:
             self.buf += data
             while True:
@@ -189,8 +194,8 @@ async def _echo_main(url: str, port: int, group: bool) -> None:
                 raw = bytes(self.buf[start + 1 : end])
                 del self.buf[: end + 2]
                 cid = raw.split(b"\r", 1)[0].split(b"|", 10)[9]  # MSA-2 echoes MSH-10
-                fut = loop.create_future()
-                fut.add_done_callback(lambda _, ack=head + cid + b"\r" + EB: self.transport.write(ack))
+                fut: asyncio.Future[None] = loop.create_future()
+                fut.add_done_callback(partial(self.answer, head + cid + b"\r" + EB))
                 pending.append((raw, fut))
                 wake.set()
 
@@ -446,7 +451,7 @@ def _connectors(workdir: Path, name: str, port: int) -> Path:
     folder.mkdir(exist_ok=True)
     (folder / f"{name}.yaml").write_text(
         f"kind: mllp-listener\nname: bench-{name}\nport: {port}\n{LISTENERS[name]}"
-        "ordering: patient\nworkers: 2\nmax_connections: 64\nmax_backlog: 500000\n")
+        "ordering: patient\nworkers: 4\nmax_connections: 64\nmax_backlog: 500000\n")
     return folder
 
 
@@ -487,22 +492,23 @@ def run(db: str, workdir: Path, opts: Options) -> Section:
                 if opts.verbose:
                     log(f"{db} ingest × {CONNECTIONS} → {kind} ({'group commit' if group else 'commit per message'})")
                 cells[kind] = load(port, proc.pid, kind.upper())
-        for cell, listener, label, prefix, mode, rate in cases:
+        for cell, listener, label, prefix, mode, offered in cases:
             port = free_port()
             env = {**HUB_ENV, "FHIRHUB_CONNECTORS_DIR": str(_connectors(workdir, listener, port))}
             with server("hub", urls[cell], workdir, env) as srv:
                 _wait_port(port, srv.proc)
                 if opts.verbose:
                     log(f"{db} {label}")
-                cells[cell] = load(port, server_pid(srv), prefix, mode, rate)
+                cells[cell] = load(port, server_pid(srv), prefix, mode, offered)
     ingest, busy, apply, sustained = cells["ingest"], cells["busy"], cells["apply"], cells["sustained"]
-    row = Row("ingest: CA after durable store (apply: idle)", CONNECTIONS, 1, ingest, cells["echo"])
+    # the echo of the issue: store the raw message, commit, send a prebuilt ACK (one commit per message)
+    row = Row("ingest: CA after durable store (apply: idle)", CONNECTIONS, 1, ingest, cells["echo1"])
     rate = row.throughput("hub")
     row.checks = [Check("≥ 1,000/s", None if rate is None else rate >= 1000),
                   Check("≥ 0.5 × echo", None if row.ratio is None else row.ratio >= 0.5)]
     section.rows.append(row)
-    section.rows.append(Row("ingest while applying (apply: immediate)", CONNECTIONS, 1, busy, cells["echo"]))
-    section.rows.append(Row("echo committing each message", CONNECTIONS, 1, None, cells["echo1"]))
+    section.rows.append(Row("ingest vs an echo that group-commits", CONNECTIONS, 1, ingest, cells["echo"]))
+    section.rows.append(Row("ingest while applying (apply: immediate)", CONNECTIONS, 1, busy, cells["echo1"]))
     row = Row("apply: AA after FHIR commit", CONNECTIONS, 1, _applied_cell(apply), None)
     rate = row.throughput("hub")
     row.checks = [Check("≥ 300/s", None if rate is None else rate >= 300)]
@@ -523,8 +529,9 @@ def run(db: str, workdir: Path, opts: Options) -> Section:
         "(the enhanced-mode design: receipt first, application processing queued); with `apply: immediate` mapping and "
         "FHIR commits run at the same time in the same process and compete for the CPU (and, on SQLite, the one writer). "
         f"Application ACKs inside the window: idle {ingest['applied_throughput']:.0f}/s, immediate {busy['applied_throughput']:.0f}/s. "
-        "Floor: the echo (`python -m bench.suites.mllp echo`): asyncio, one table, group commit, a prebuilt ACK; "
-        "a second echo commits each message on its own.")
+        "Floor: the bare durable echo (`python -m bench.suites.mllp echo`): asyncio, one table; per message: store "
+        "the raw bytes, commit, send a prebuilt ACK. The second row compares with the same echo committing whatever "
+        "has arrived in one transaction (`--group`), a stronger floor than the issue's.")
     section.notes.append(
         f"apply / sustained: throughput and latency of the application ACKs (AA after the FHIR commit). Sustained: offered "
         f"{SUSTAINED_RATE:.0f}/s open loop; backlog (sent − applied) over the window: "

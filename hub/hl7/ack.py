@@ -34,6 +34,7 @@ class Header:
     trigger: str = ""
     accept_ack_type: str = ""
     app_ack_type: str = ""
+    message_code: str = ""  # MSH-9.1
 
 
 def read_header(raw: str | bytes | Message | None) -> Header:
@@ -55,13 +56,9 @@ def read_header(raw: str | bytes | Message | None) -> Header:
             msh.value(9, 2),
             msh.value(15),
             msh.value(16),
+            msh.value(9, 1),
         )
-    try:
-        text = decode(raw)
-    except FhirError:
-        text = raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
-    lines = segment_lines(text)
-    line = next((ln for ln in lines if ln.startswith("MSH")), "")
+    line = _first_msh(raw)
     if len(line) < 8:
         return Header(DEFAULT_ENCODING)
     fs = line[3]
@@ -89,7 +86,29 @@ def read_header(raw: str | bytes | Message | None) -> Header:
         msg_type[1] if len(msg_type) > 1 else "",
         f(15),
         f(16),
+        msg_type[0],
     )
+
+
+def _first_msh(raw: str | bytes) -> str:
+    """The MSH line of a message (fast when the message starts with it, as nearly all do)."""
+    head = raw[:3]
+    if head in ("MSH", b"MSH"):
+        if isinstance(raw, bytes):
+            end = min((i for i in (raw.find(b"\r"), raw.find(b"\n")) if i >= 0), default=len(raw))
+            first = raw[:end]
+            try:
+                return decode(first)
+            except FhirError:
+                return first.decode("latin-1")
+        end = min((i for i in (raw.find("\r"), raw.find("\n")) if i >= 0), default=len(raw))
+        return raw[:end]
+    try:
+        text = decode(raw)
+    except FhirError:
+        text = raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
+    lines = segment_lines(text)
+    return next((ln for ln in lines if ln.startswith("MSH")), "")
 
 
 def _raw_field(seg: object, n: int, enc: Encoding) -> str:
@@ -103,7 +122,7 @@ def _raw_field(seg: object, n: int, enc: Encoding) -> str:
 
 
 def build_ack(
-    original: str | bytes | Message | None,
+    original: str | bytes | Message | Header | None,
     code: str,
     *,
     control_id: str,
@@ -121,7 +140,7 @@ def build_ack(
     """
     if code not in ("AA", "AE", "AR", "CA", "CE", "CR"):
         raise ValueError(f"bad acknowledgment code {code!r}")
-    h = read_header(original)
+    h = original if isinstance(original, Header) else read_header(original)
     enc = h.encoding
     fs = enc.field
     trigger = h.trigger

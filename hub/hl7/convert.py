@@ -42,6 +42,7 @@ class ConversionResult:
     patient_key: str | None  # "system|value" of the patient the message is about (ordering key)
     mapping: str  # mapping file used (relative to the mapping set)
     warnings: list[str] = field(default_factory=list)
+    sources: list[str | None] = field(default_factory=list)  # per entry: the segment it came from ("PID^1")
 
     @property
     def event(self) -> str:
@@ -120,4 +121,5 @@ def convert(
         patient_key=patient_key,
         mapping=doc.path,
         warnings=list(run.warnings) + list(msg.warnings),
+        sources=[f"{e.segment.name}^{e.segment.occurrence}" if e.segment is not None else None for e in run.entries],
     )

@@ -745,6 +745,10 @@ class Run:
                     part = prune(part)
                     if not part:
                         continue
+                    need = tmpl.data.get("require_any")
+                    if need and all(is_empty(get_path(part, p)) for p in need):
+                        self.warn(f"{seg.name}^{seg.occurrence}: {tmpl.name} has none of {', '.join(need)}; not added")
+                        continue
                     self._check_required(tmpl.data.get("required") or [], part, seg)
                     if "target" in tmpl.data:
                         assign(host.resource, tmpl.data["target"], part)

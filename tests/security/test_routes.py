@@ -55,7 +55,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, content: Content) -> Iterat
 def concrete(path: str) -> list[str]:
     if path == "/fhir/{path:path}":
         return [f"/fhir/{p}" for p in FHIR_PATHS]
-    path = path.replace("{name}", "example")  # connector names
+    path = path.replace("{name}", "example").replace("{pk:int}", "1")  # connector names, message ids
     assert "{" not in path, f"route {path} has parameters this test does not know: decide how to exercise it"
     return [path]
 

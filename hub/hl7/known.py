@@ -1,0 +1,172 @@
+"""Known resources: fewer conditional look-ups for the resources a listener writes again and again.
+
+A converted message is a transaction of conditional entries (``PUT Patient?identifier=…``, ``POST
+Practitioner`` + ``ifNoneExist``). Each one costs the write path a search. The same patients,
+practitioners and rooms come back in message after message, so the listener remembers, per
+conditional key, the ``Type/id`` and version each one resolved to the last time it committed:
+
+* a **conditional create** (master data the message only names) whose resource is still at that
+  version is left out of the Bundle and references to it point at ``Type/id`` directly: the
+  conditional create would have matched it and written nothing;
+* a **conditional update** of a resource still at that version becomes ``PUT Type/id`` with
+  ``If-Match: W/"version"``: the write path checks the version inside the transaction, so a
+  resource changed by anyone in between answers 412 and the message is committed again with the
+  original conditional entries.
+
+Before each use, one query checks that the remembered resources exist, are not deleted and are at
+the remembered version; anything else falls back to the conditional entry. The only difference
+left is a second resource created elsewhere with the same identifier between two messages: the
+conditional entry would then fail (several matches), the remembered one keeps pointing at the
+first. Nothing here writes; the Bundle still goes through the one write path.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from hub.store.db import Database
+
+Key = tuple[str, str, str]  # (create | update, resource type, identifier query)
+
+
+def entry_key(entry: dict[str, Any]) -> Key | None:
+    req = entry.get("request") or {}
+    method, url = req.get("method"), str(req.get("url") or "")
+    if method == "POST" and req.get("ifNoneExist") and "?" not in url:
+        return ("create", url, str(req["ifNoneExist"]))
+    if method == "PUT" and "?" in url:
+        res_type, _, query = url.partition("?")
+        return ("update", res_type, query)
+    return None
+
+
+@dataclass
+class Shortcut:
+    """What :meth:`Known.shorten` did to a Bundle."""
+
+    bundle: dict[str, Any]  # the Bundle to commit
+    keys: list[Key | None]  # per entry of ``bundle``: its conditional key
+    index: list[int]  # per entry of ``bundle``: its index in the converted Bundle
+    used: set[Key] = field(default_factory=set)  # keys answered from memory
+
+
+class Known:
+    def __init__(self, db: Database, limit: int = 100_000) -> None:
+        self.db = db
+        self.limit = limit
+        self._map: OrderedDict[Key, tuple[str, int]] = OrderedDict()  # key -> (id, version)
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def forget(self, keys: set[Key]) -> None:
+        with self._lock:
+            for k in keys:
+                self._map.pop(k, None)
+
+    def shorten(self, bundle_json: bytes) -> Shortcut:
+        """The converted Bundle, with remembered resources left out or updated by id (see module doc)."""
+        bundle: dict[str, Any] = orjson.loads(bundle_json)
+        entries: list[dict[str, Any]] = bundle.get("entry") or []
+        keys = [entry_key(e) for e in entries]
+        with self._lock:
+            cand = {k: self._map[k] for k in keys if k is not None and k in self._map}
+        if not cand:
+            self.misses += len([k for k in keys if k is not None])
+            return Shortcut(bundle, keys, list(range(len(entries))))
+        # an update by id is guarded by If-Match in the transaction; a left-out create needs this check
+        creates = {(k[1], v[0]) for k, v in cand.items() if k[0] == "create"}
+        current = self._current(creates) if creates else {}
+        usable: dict[Key, tuple[str, int]] = {}
+        stale: set[Key] = set()
+        for k, (res_id, version) in cand.items():
+            if k[0] == "update" or current.get((k[1], res_id)) == version:
+                usable[k] = (res_id, version)
+            else:
+                stale.add(k)
+        if stale:
+            self.forget(stale)
+        self.hits += len(usable)
+        self.misses += len([k for k in keys if k is not None]) - len(usable)
+        out: list[dict[str, Any]] = []
+        out_keys: list[Key | None] = []
+        index: list[int] = []
+        ids: dict[str, str] = {}  # fullUrl -> Type/id of the entries left out
+        for i, (entry, key) in enumerate(zip(entries, keys, strict=True)):
+            hit = usable.get(key) if key is not None else None
+            if hit is not None and key is not None and key[0] == "create":
+                if entry.get("fullUrl"):
+                    ids[str(entry["fullUrl"])] = f"{key[1]}/{hit[0]}"
+                continue
+            if hit is not None and key is not None:
+                entry = {**entry, "resource": {**entry["resource"], "id": hit[0]},
+                         "request": {"method": "PUT", "url": f"{key[1]}/{hit[0]}", "ifMatch": f'W/"{hit[1]}"'}}
+            out.append(entry)
+            out_keys.append(key)
+            index.append(i)
+        if ids:
+            for entry in out:
+                _point(entry.get("resource"), ids)
+        return Shortcut({**bundle, "entry": out}, out_keys, index, set(usable))
+
+    def learn(self, shortcut: Shortcut, response_body: bytes | None) -> None:
+        """Remember what each conditional entry resolved to (from the transaction-response)."""
+        try:
+            answer = orjson.loads(response_body or b"{}")
+        except orjson.JSONDecodeError:
+            return
+        results = answer.get("entry") or []
+        learned: list[tuple[Key, tuple[str, int]]] = []
+        for k, res in zip(shortcut.keys, results, strict=False):
+            if k is None:
+                continue
+            r = res.get("response") or {}
+            parts = str(r.get("location") or "").split("/")
+            if not str(r.get("status", "")).startswith(("200", "201")) or len(parts) < 4 or parts[-2] != "_history":
+                continue
+            if parts[-4] != k[1] or not parts[-1].isdigit():
+                continue
+            learned.append((k, (parts[-3], int(parts[-1]))))
+        if not learned:
+            return
+        with self._lock:
+            for k, v in learned:
+                self._map[k] = v
+                self._map.move_to_end(k)
+            while len(self._map) > self.limit:
+                self._map.popitem(last=False)
+
+    def _current(self, refs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """(type, id) -> current version, for those that exist and are not deleted (one query, driver SQL:
+        it runs for most messages and must cost less than the look-ups it saves)."""
+        with self.db.read_once() as conn:
+            p = "?" if self.db.is_sqlite else "%s"
+            where = " OR ".join([f"(res_type = {p} AND res_id = {p})"] * len(refs))
+            cur: Any = conn.connection.cursor()
+            try:
+                cur.execute(f"SELECT res_type, res_id, version FROM resource WHERE deleted = {p} AND ({where})",
+                            (False, *(x for ref in sorted(refs) for x in ref)))
+                return {(t, i): int(v) for t, i, v in cur.fetchall()}
+            finally:
+                cur.close()
+
+
+def _point(node: Any, ids: dict[str, str]) -> None:
+    """Rewrite references to left-out entries (their fullUrl) to ``Type/id``."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str) and value in ids:
+                node[key] = ids[value]
+            elif isinstance(value, dict | list):
+                _point(value, ids)
+    elif isinstance(node, list):
+        for value in node:
+            _point(value, ids)

@@ -1,0 +1,590 @@
+"""The ``mllp-listener`` connector: an asyncio MLLP server feeding the inbound pipeline.
+
+Per frame, in this order:
+
+1. the raw bytes are stored durably (``hl7_message``, through the group-commit
+   :class:`~hub.hl7.store.StoreWriter`); a repeated MSH-10 of the same sender is found here;
+2. enhanced mode: the accept ACK (CA) goes out now (MSH-15 permitting);
+3. parse, filter, map and commit run in the listener's worker threads
+   (:class:`~hub.hl7.pipeline.Pipeline`), in order per connection, or per patient;
+4. the outcome is stored, then the (application) ACK goes out: AA only after the commit.
+
+Framing and transport faults never take the listener down: bytes between frames are
+discarded, half frames are dropped when a new frame starts or the frame timeout passes, an
+oversized frame is answered AR/CR and skipped, an idle or slow client is closed, a client
+that does not read its ACKs is closed. Each fault is logged with the peer address, the
+connector and sizes, never content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import ssl
+import time
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
+
+from hub.hl7 import store
+from hub.hl7.ack import Header, read_header
+from hub.hl7.connectors import Listener
+from hub.hl7.errors import Hl7Error
+from hub.hl7.known import Known
+from hub.hl7.mllp import Abandoned, FrameDecoder, Garbage, Oversized, frame
+from hub.hl7.pipeline import Pipeline, Prepared, Result, error_from_row, oversized_error, unavailable_error
+from hub.hl7.store import Incoming, Receipt, StoreWriter
+from hub.security.audit import AuditRecord
+
+if TYPE_CHECKING:
+    from hub.hl7.service import Runtime
+
+log = logging.getLogger("hub.hl7.mllp")
+MAX_UNREAD_ACK_BYTES = 1 << 20  # a client that leaves this much of its ACKs unread is closed
+WAIT_PENDING = 60.0  # seconds a resend waits for the first copy's outcome
+
+
+class Stopping(Exception):
+    """The listener stops: a stored message is left for the next start."""
+
+
+def party(application: str, facility: str) -> str:
+    """MSH-3/MSH-4 (or MSH-5/MSH-6) as one text: ``APP/FACILITY``."""
+    return "/".join(x for x in (application, facility) if x)
+
+
+# ------------------------------------------------------------------------------------ ordering
+
+
+class Ticket:
+    """A place in a line: ``wait()`` until everything before it released, then ``release()``."""
+
+    __slots__ = ("_prev", "_done")
+
+    def __init__(self, prev: asyncio.Future[None] | None, done: asyncio.Future[None]) -> None:
+        self._prev = prev
+        self._done = done
+
+    async def wait(self) -> None:
+        if self._prev is not None and not self._prev.done():
+            await asyncio.shield(self._prev)
+
+    def release(self) -> None:
+        if not self._done.done():
+            self._done.set_result(None)
+
+
+class Sequencer:
+    """Keyed lines: work with the same key runs in the order its tickets were taken."""
+
+    def __init__(self) -> None:
+        self._tails: dict[Any, asyncio.Future[None]] = {}
+
+    def reserve(self, key: Any) -> Ticket:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        prev = self._tails.get(key)
+        self._tails[key] = done
+
+        def cleanup(_: asyncio.Future[None]) -> None:
+            if self._tails.get(key) is done:
+                del self._tails[key]
+
+        done.add_done_callback(cleanup)
+        return Ticket(prev, done)
+
+    def __len__(self) -> int:
+        return len(self._tails)
+
+
+# ------------------------------------------------------------------------------------ a connection
+
+
+@dataclass
+class _Slot:
+    """One ACK to write, in order."""
+
+    future: asyncio.Future[bytes | None]
+
+
+@dataclass
+class _Job:
+    """A received frame on its way through the listener."""
+
+    conn: Connection
+    payload: bytes
+    header: Header
+    ticket: Ticket
+    first: asyncio.Future[bytes | None]
+    second: asyncio.Future[bytes | None] | None
+
+
+@dataclass
+class _Stats:
+    frames: int = 0
+    garbage: int = 0
+    abandoned: int = 0
+    oversized: int = 0
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, service: ListenerService) -> None:
+        self.service = service
+        self.connector = service.connector
+        self.decoder = FrameDecoder(self.connector.max_message_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.peer: str | None = None
+        self.key = object()  # the ordering key of this connection
+        self.acks: deque[_Slot] = deque()  # accept ACKs (enhanced) or the only ACKs (original)
+        self.app_acks: deque[_Slot] = deque()  # enhanced mode: application ACKs
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.last_activity = time.monotonic()
+        self.frame_started: float | None = None
+        self.closed = False
+        self.stats = _Stats()
+        self.paused = False
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else None
+        if not self.service.admit(self):
+            log.warning("mllp %s: connection from %s refused: %d connections open (max_connections)",
+                        self.connector.name, self.peer, len(self.service.connections))
+            transport.close()
+            self.closed = True
+            return
+        self.transport.set_write_buffer_limits(high=256 * 1024)
+        log.info("mllp %s: connection from %s", self.connector.name, self.peer)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        now = time.monotonic()
+        self.last_activity = now
+        was_in_frame = self.decoder.in_frame
+        for event in self.decoder.feed(data):
+            if isinstance(event, Garbage):
+                self.stats.garbage += event.size
+            elif isinstance(event, Abandoned):
+                self.stats.abandoned += 1
+                log.warning("mllp %s: half frame of %d bytes from %s dropped (a new frame started)",
+                            self.connector.name, event.size, self.peer)
+            elif isinstance(event, Oversized):
+                self.stats.oversized += 1
+                log.warning("mllp %s: frame of %d bytes from %s exceeds max_message_bytes (%d): rejected",
+                            self.connector.name, event.size, self.peer, self.connector.max_message_bytes)
+                self._refuse(event.head, oversized_error(self.connector.max_message_bytes))
+            else:
+                self.stats.frames += 1
+                self._accept(event.payload, now)
+        if self.decoder.in_frame:
+            if not was_in_frame or self.frame_started is None:
+                self.frame_started = now
+        else:
+            self.frame_started = None
+        if self.transport is not None and self.transport.get_write_buffer_size() > MAX_UNREAD_ACK_BYTES:
+            log.warning("mllp %s: %s does not read its ACKs: closing", self.connector.name, self.peer)
+            self.close()
+
+    def eof_received(self) -> bool | None:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.decoder.in_frame:
+            log.warning("mllp %s: %s closed the connection inside a frame (%d bytes dropped)",
+                        self.connector.name, self.peer, self.decoder.buffered)
+        if self.stats.garbage:
+            log.warning("mllp %s: %d bytes outside MLLP frames from %s were discarded",
+                        self.connector.name, self.stats.garbage, self.peer)
+        log.info("mllp %s: connection from %s closed after %d messages", self.connector.name, self.peer, self.stats.frames)
+        self.service.forget(self)
+
+    def pause_reading(self) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    # -- frames
+    def _slot(self, app: bool = False) -> asyncio.Future[bytes | None]:
+        fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        (self.app_acks if app else self.acks).append(_Slot(fut))
+        fut.add_done_callback(self._flush)
+        return fut
+
+    def _accept(self, payload: bytes, now: float) -> None:
+        svc = self.service
+        svc.received(now)
+        header = read_header(payload)
+        first = self._slot()
+        second = self._slot(app=True) if self.connector.ack_mode == "enhanced" else None
+        svc.accept(self, payload, header, svc.sequencer.reserve(self.key), first, second)
+
+    def _refuse(self, head: bytes, err: Hl7Error) -> None:
+        enhanced = self.connector.ack_mode == "enhanced"
+        ack, audit = self.service.pipeline.refuse(head, self.peer, err, enhanced_accept=enhanced)
+        self.service.audit(audit)
+        self._slot().set_result(ack)
+
+    def _flush(self, _: object = None) -> None:
+        """Write the ACKs that are ready, in the order their messages arrived (accept and
+        application ACKs each in their own order)."""
+        for line in (self.acks, self.app_acks):
+            while line and line[0].future.done():
+                slot = line.popleft()
+                data = None if slot.future.cancelled() else slot.future.result()
+                if data is not None and self.transport is not None and not self.closed:
+                    self.transport.write(frame(data))
+
+
+# ------------------------------------------------------------------------------------ the service
+
+
+class ListenerService:
+    """One ``mllp-listener`` connector (a :class:`hub.app.Service`)."""
+
+    def __init__(self, runtime: Runtime, connector: Listener) -> None:
+        self.runtime = runtime
+        self.connector = connector
+        self.name = f"mllp-listener:{connector.name}"
+        self.pipeline = Pipeline(runtime.router, connector, runtime.mappings, runtime.base_url, runtime.writer.gate,
+                                 Known(runtime.db))
+        self.writer: StoreWriter = runtime.writer
+        self.executor = concurrent.futures.ThreadPoolExecutor(connector.workers, thread_name_prefix=f"hl7-{connector.name}")
+        self.sequencer = Sequencer()
+        self.connections: set[Connection] = set()
+        self.inflight: dict[int, asyncio.Future[tuple[str, Hl7Error | None]]] = {}
+        self.backlog = 0
+        self.server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._work: set[asyncio.Task[None]] = set()  # messages being processed
+        self.processed = 0
+        self.stopping = False
+        self.last_receipt = 0.0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._deferred: deque[tuple[_Job, Receipt]] = deque()
+
+    # -- lifecycle
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.runtime.start()
+        ctx = self._ssl()
+        self.server = await loop.create_server(
+            lambda: Connection(self), self.connector.host, self.connector.port, ssl=ctx, start_serving=False,
+            reuse_address=True, backlog=256,
+        )
+        log.info("mllp %s: listening on %s:%d (%s mode, ordering per %s%s)", self.connector.name, self.connector.host,
+                 self.connector.port, self.connector.ack_mode, self.connector.ordering, ", TLS" if ctx else "")
+        self._spawn(self._recover_then_serve())
+        self._spawn(self._reaper())
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self._idle.set()  # what waits for a quiet moment stays stored (received) for the next start
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        while self._deferred:
+            self._done(self._deferred.popleft()[0])
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.close()
+        if self._work:  # what is being applied finishes (bounded); what waits stays stored for the next start
+            done, pending = await asyncio.wait(list(self._work), timeout=10)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for t in list(self._tasks):
+            t.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (tests bind port 0)."""
+        assert self.server is not None and self.server.sockets
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        tls = self.connector.tls
+        if tls is None or tls.certfile is None or tls.keyfile is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(tls.certfile), str(tls.keyfile))
+        if tls.ca is not None:
+            ctx.load_verify_locations(str(tls.ca))
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    async def _recover_then_serve(self) -> None:
+        """Process what a crash (or a stop in enhanced mode) left stored but unprocessed, then accept."""
+        try:
+            n = await asyncio.get_running_loop().run_in_executor(self.executor, self._recover)
+            if n:
+                log.info("mllp %s: %d stored messages processed after a restart", self.connector.name, n)
+        except Exception as exc:  # noqa: BLE001 - keep serving; they stay stored for the next start
+            log.error("mllp %s: recovery failed (%s); the stored messages wait for the next start",
+                      self.connector.name, type(exc).__name__)
+        if self.server is not None and not self.stopping:
+            await self.server.start_serving()
+            self.runtime.ready(self)
+
+    def _recover(self) -> int:
+        done = 0
+        after = 0
+        while not self.stopping:
+            with self.runtime.db.read() as conn:
+                rows = store.pending(conn, self.connector.name, 200, after)
+            if not rows:
+                return done
+            for row in rows:
+                after = int(row.pk)
+                result = self.pipeline.process(int(row.pk), bytes(row.raw), row.peer)
+                self.writer.finish(result.outcome).result()
+                self.audit(result.audit)
+                done += 1
+        return done
+
+    async def _reaper(self) -> None:
+        """Close connections whose frame takes too long (slow or stalled senders) or that idle too long."""
+        while True:
+            await asyncio.sleep(min(1.0, self.connector.frame_timeout / 4))
+            now = time.monotonic()
+            for conn in list(self.connections):
+                if conn.frame_started is not None and now - conn.frame_started > self.connector.frame_timeout:
+                    log.warning("mllp %s: %s sent no complete frame within %.0f s (%d bytes): closing",
+                                self.connector.name, conn.peer, self.connector.frame_timeout, conn.decoder.buffered)
+                    conn.close()
+                elif not conn.tasks and now - conn.last_activity > self.connector.idle_timeout:
+                    log.info("mllp %s: %s idle for %.0f s: closing", self.connector.name, conn.peer,
+                             self.connector.idle_timeout)
+                    conn.close()
+
+    # -- connections
+    def admit(self, conn: Connection) -> bool:
+        if self.stopping or len(self.connections) >= self.connector.max_connections:
+            return False
+        self.connections.add(conn)
+        if self.backlog >= self.connector.max_backlog:
+            conn.pause_reading()
+        return True
+
+    def forget(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+
+    def _backlog(self, delta: int) -> None:
+        self.backlog += delta
+        if delta > 0 and self.backlog >= self.connector.max_backlog:
+            for c in self.connections:
+                c.pause_reading()
+        elif delta < 0 and self.backlog <= self.connector.max_backlog * 0.9:
+            for c in self.connections:
+                c.resume_reading()
+
+    def audit(self, record: AuditRecord) -> None:
+        trail = self.runtime.audit
+        if trail is not None:
+            trail.enqueue(record)
+
+    # -- one message
+    def accept(self, conn: Connection, payload: bytes, header: Header, ticket: Ticket,
+               first: asyncio.Future[bytes | None], second: asyncio.Future[bytes | None] | None) -> None:
+        """A frame arrived (in the event loop): store it. ``first`` gets the (accept) ACK, ``second`` the
+        application ACK (enhanced mode). No task is made until the message is durable."""
+        self._backlog(1)
+        code = header.message_code
+        incoming = Incoming(
+            self.connector.name, party(header.sending_application, header.sending_facility),
+            party(header.receiving_application, header.receiving_facility), header.control_id or None,
+            f"{code}^{header.trigger}" if header.trigger else code, payload, conn.peer,
+        )
+        job = _Job(conn, payload, header, ticket, first, second)
+        self.writer.areceive_future(incoming).add_done_callback(partial(self._stored, job))
+
+    def _stored(self, job: _Job, fut: asyncio.Future[Receipt]) -> None:
+        exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
+        if exc is not None:  # the store is down: the sender must try again later
+            log.error("mllp %s: message could not be stored (%s): AR", self.connector.name, type(exc).__name__)
+            ack, audit = self.pipeline.refuse(job.payload, job.conn.peer, unavailable_error(),
+                                              enhanced_accept=job.second is not None)
+            job.first.set_result(ack)
+            self.audit(audit)
+            self._done(job)
+            return
+        receipt = fut.result()
+        # the raw message is durable from here on
+        if job.second is not None:
+            job.first.set_result(self._accept_ack(job.payload, job.header, "CA"))
+        if receipt.kind in ("new", "retry") and self.connector.apply == "idle" and not self._idle.is_set():
+            self._deferred.append((job, receipt))  # applied when the senders pause
+            return
+        self._after(job, receipt)
+
+    def _after(self, job: _Job, receipt: Receipt) -> None:
+        task = asyncio.get_running_loop().create_task(self._guarded(job, receipt))
+        job.conn.tasks.add(task)
+        task.add_done_callback(job.conn.tasks.discard)
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
+
+    async def _guarded(self, job: _Job, receipt: Receipt) -> None:
+        try:
+            await self._handle(job, receipt)
+        except Stopping:
+            pass
+        except Exception as exc:  # noqa: BLE001 - never leave a sender without an answer
+            log.error("mllp %s: message handling failed (%s)", self.connector.name, type(exc).__name__)
+            log.debug("handling failure", exc_info=exc)
+            accept_open = job.second is not None and not job.first.done()
+            ack, audit = self.pipeline.refuse(job.payload, job.conn.peer, unavailable_error(), enhanced_accept=accept_open)
+            target = job.first if (job.second is None or accept_open) else job.second
+            if not target.done():
+                target.set_result(ack)
+            self.audit(audit)
+        finally:
+            self._done(job)
+
+    def _done(self, job: _Job) -> None:
+        job.ticket.release()
+        for fut in (job.first, job.second):
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        self._backlog(-1)
+
+    async def _handle(self, job: _Job, receipt: Receipt) -> None:
+        payload, header, peer, ticket, first, second = job.payload, job.header, job.conn.peer, job.ticket, job.first, job.second
+        if receipt.kind in ("duplicate", "pending"):
+            if not receipt.same_content:
+                log.warning("mllp %s: MSH-10 %s from %s was reused for different content: acknowledged, not applied",
+                            self.connector.name, header.control_id, party(header.sending_application, header.sending_facility))
+            await ticket.wait()
+            ticket.release()
+            ack_code, error = await self._outcome_of(receipt)
+            ack, audit = self.pipeline.duplicate(payload, peer, ack_code, error, header.control_id)
+            self.audit(audit)
+            self._answer(first, second, header, ack, ack_code)
+            return
+        fut: asyncio.Future[tuple[str, Hl7Error | None]] = asyncio.get_running_loop().create_future()
+        self.inflight[receipt.pk] = fut
+        try:
+            result = await self._process(receipt.pk, payload, peer, ticket, job.conn.key)
+            fut.set_result((result.ack_code, result.error))
+        finally:
+            self.inflight.pop(receipt.pk, None)
+            if not fut.done():
+                fut.set_result(("AR", unavailable_error()))
+        self.audit(result.audit)
+        self.processed += 1
+        self._answer(first, second, header, result.ack, result.ack_code)
+
+    def received(self, now: float) -> None:
+        """A frame arrived: with ``apply: idle``, application processing waits for a quiet moment."""
+        self.last_receipt = now
+        if self.connector.apply != "idle":
+            return
+        self._idle.clear()
+        if self._idle_timer is None:
+            self._idle_timer = asyncio.get_running_loop().call_later(self.connector.apply_idle, self._check_idle)
+
+    def _check_idle(self) -> None:
+        quiet = time.monotonic() - self.last_receipt
+        if quiet >= self.connector.apply_idle:
+            self._idle_timer = None
+            self._idle.set()
+            while self._deferred:
+                self._after(*self._deferred.popleft())
+        else:
+            self._idle_timer = asyncio.get_running_loop().call_later(self.connector.apply_idle - quiet, self._check_idle)
+
+    async def _until_idle(self) -> None:
+        """``apply: idle``: wait until no message arrived for ``apply_idle`` seconds (receipts go first)."""
+        if self.connector.apply == "idle" and not self._idle.is_set() and not self.stopping:
+            await self._idle.wait()
+        if self.stopping:
+            raise Stopping  # stays stored (received); the next start processes it
+
+    async def _process(self, pk: int, payload: bytes, peer: str | None, ticket: Any, conn_key: object) -> Result:
+        loop = asyncio.get_running_loop()
+        if self.connector.ordering == "patient":
+            await ticket.wait()
+            await self._until_idle()
+            prepared: Prepared = await loop.run_in_executor(self.executor, self.pipeline.prepare, pk, payload, peer)
+            lane = self.sequencer.reserve(("patient", prepared.patient_key) if prepared.patient_key else conn_key)
+            ticket.release()  # the next message of this connection may be mapped now
+            try:
+                await lane.wait()
+                result: Result = await loop.run_in_executor(self.executor, self.pipeline.apply, prepared)
+                await self.writer.afinish(result.outcome)
+            finally:
+                lane.release()
+            return result
+        await ticket.wait()
+        await self._until_idle()
+        result = await loop.run_in_executor(self.executor, self.pipeline.process, pk, payload, peer)
+        # the outcome is durable before the next message of this connection is applied (crash recovery
+        # then only ever re-applies the last message of a line, which the conditional writes make a no-op)
+        await self.writer.afinish(result.outcome)
+        return result
+
+    async def _outcome_of(self, receipt: Receipt) -> tuple[str, Hl7Error | None]:
+        """The outcome of the first copy of a resent message (waiting while it is processed)."""
+        if receipt.kind == "duplicate":
+            return "AA", None
+        deadline = time.monotonic() + WAIT_PENDING
+        while time.monotonic() < deadline:
+            fut = self.inflight.get(receipt.pk)
+            if fut is not None:
+                return await asyncio.shield(fut)
+            row = await self.writer.acall(lambda conn: store.status_of(conn, receipt.pk))
+            if row is None:
+                break
+            if row.status != "received":
+                code = str(row.ack_code or "AR")
+                return code, None if code == "AA" else error_from_row(row.error_code, row.error_location, row.detail, code)
+            await asyncio.sleep(0.1)
+        return "AR", unavailable_error()
+
+    def _accept_ack(self, payload: bytes, header: Header, code: str) -> bytes | None:
+        """Enhanced mode: the commit-level ACK, as MSH-15 asks (AL always, NE never, ER errors, SU success)."""
+        wanted = (header.accept_ack_type or "AL").upper()
+        if wanted == "NE" or (wanted == "ER" and code == "CA") or (wanted == "SU" and code != "CA"):
+            return None
+        return self.pipeline.acks.build(header, code)
+
+    def _answer(self, first: asyncio.Future[bytes | None], second: asyncio.Future[bytes | None] | None,
+                header: Header, ack: bytes, code: str) -> None:
+        if second is None:
+            first.set_result(ack)
+            return
+        wanted = (header.app_ack_type or "AL").upper()
+        if wanted == "NE" or (wanted == "ER" and code == "AA") or (wanted == "SU" and code != "AA"):
+            second.set_result(None)
+        else:
+            second.set_result(ack)
+
