@@ -1,23 +1,22 @@
-"""Known resources: fewer conditional look-ups for the resources a listener writes again and again.
+"""Known resources: smaller transactions for the master data a listener names again and again.
 
-A converted message is a transaction of conditional entries (``PUT Patient?identifier=…``, ``POST
-Practitioner`` + ``ifNoneExist``). Each one costs the write path a search. The same patients,
-practitioners and rooms come back in message after message, so the listener remembers, per
-conditional key, the ``Type/id`` and version each one resolved to the last time it committed:
-
-* a **conditional create** (master data the message only names) whose resource is still at that
-  version is left out of the Bundle and references to it point at ``Type/id`` directly: the
-  conditional create would have matched it and written nothing;
-* a **conditional update** of a resource still at that version becomes ``PUT Type/id`` with
-  ``If-Match: W/"version"``: the write path checks the version inside the transaction, so a
-  resource changed by anyone in between answers 412 and the message is committed again with the
-  original conditional entries.
+A converted message names its practitioners, rooms and payors as conditional creates (``POST
+Practitioner`` + ``ifNoneExist``): each costs the write path a search, a validation and an
+audit entry, and writes nothing once the resource exists. The same ones come back in message after
+message, so the listener remembers, per conditional create, the ``Type/id`` and version it
+resolved to the last time it committed. A remembered resource still at that version is left out
+of the next Bundle, and the references to it point at ``Type/id`` directly, which is what the
+conditional create would have resolved them to.
 
 Before each use, one query checks that the remembered resources exist, are not deleted and are at
-the remembered version; anything else falls back to the conditional entry. The only difference
-left is a second resource created elsewhere with the same identifier between two messages: the
-conditional entry would then fail (several matches), the remembered one keeps pointing at the
-first. Nothing here writes; the Bundle still goes through the one write path.
+the remembered version; anything else keeps its conditional create. The only difference left is a
+second resource created elsewhere with the same identifier between two messages: the conditional
+create would then fail (several matches), the remembered one keeps pointing at the first. Nothing
+here writes; the Bundle still goes through the one write path.
+
+Conditional *updates* (the subject: Patient, Appointment ...) are left as they are: updating by id
+would change what the store hashes for its no-op check (the body then carries the id), so the
+re-application of a message after a crash would no longer be a no-op.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import orjson
 
 from hub.store.db import Database
 
-Key = tuple[str, str, str]  # (create | update, resource type, identifier query)
+Key = tuple[str, str, str]  # ("create", resource type, identifier query)
 
 
 def entry_key(entry: dict[str, Any]) -> Key | None:
@@ -39,9 +38,6 @@ def entry_key(entry: dict[str, Any]) -> Key | None:
     method, url = req.get("method"), str(req.get("url") or "")
     if method == "POST" and req.get("ifNoneExist") and "?" not in url:
         return ("create", url, str(req["ifNoneExist"]))
-    if method == "PUT" and "?" in url:
-        res_type, _, query = url.partition("?")
-        return ("update", res_type, query)
     return None
 
 
@@ -82,13 +78,11 @@ class Known:
         if not cand:
             self.misses += len([k for k in keys if k is not None])
             return Shortcut(bundle, keys, list(range(len(entries))))
-        # an update by id is guarded by If-Match in the transaction; a left-out create needs this check
-        creates = {(k[1], v[0]) for k, v in cand.items() if k[0] == "create"}
-        current = self._current(creates) if creates else {}
+        current = self._current({(k[1], v[0]) for k, v in cand.items()})
         usable: dict[Key, tuple[str, int]] = {}
         stale: set[Key] = set()
         for k, (res_id, version) in cand.items():
-            if k[0] == "update" or current.get((k[1], res_id)) == version:
+            if current.get((k[1], res_id)) == version:
                 usable[k] = (res_id, version)
             else:
                 stale.add(k)
@@ -102,13 +96,10 @@ class Known:
         ids: dict[str, str] = {}  # fullUrl -> Type/id of the entries left out
         for i, (entry, key) in enumerate(zip(entries, keys, strict=True)):
             hit = usable.get(key) if key is not None else None
-            if hit is not None and key is not None and key[0] == "create":
+            if hit is not None and key is not None:
                 if entry.get("fullUrl"):
                     ids[str(entry["fullUrl"])] = f"{key[1]}/{hit[0]}"
                 continue
-            if hit is not None and key is not None:
-                entry = {**entry, "resource": {**entry["resource"], "id": hit[0]},
-                         "request": {"method": "PUT", "url": f"{key[1]}/{hit[0]}", "ifMatch": f'W/"{hit[1]}"'}}
             out.append(entry)
             out_keys.append(key)
             index.append(i)

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hub.hl7.mllp")
 MAX_UNREAD_ACK_BYTES = 1 << 20  # a client that leaves this much of its ACKs unread is closed
 WAIT_PENDING = 60.0  # seconds a resend waits for the first copy's outcome
+BIND_RETRY = 5.0  # seconds between attempts to listen on a port that was not free
 
 
 class Stopping(Exception):
@@ -284,17 +285,35 @@ class ListenerService:
 
     # -- lifecycle
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Bind the port (serving starts after the recovery of stored messages). A port that cannot be
+        bound (in use, not allowed) does not stop the hub: it is logged and tried again every few seconds."""
         self.runtime.start()
+        if not await self._bind(first=True):
+            self._spawn(self._bind_later())
+        self._spawn(self._reaper())
+
+    async def _bind(self, first: bool = False) -> bool:
         ctx = self._ssl()
-        self.server = await loop.create_server(
-            lambda: Connection(self), self.connector.host, self.connector.port, ssl=ctx, start_serving=False,
-            reuse_address=True, backlog=256,
-        )
+        try:
+            self.server = await asyncio.get_running_loop().create_server(
+                lambda: Connection(self), self.connector.host, self.connector.port, ssl=ctx, start_serving=False,
+                reuse_address=True, backlog=256,
+            )
+        except OSError as exc:
+            if first:
+                log.error("mllp %s: cannot listen on %s:%d (%s); trying again every %.0f s", self.connector.name,
+                          self.connector.host, self.connector.port, exc.strerror or type(exc).__name__, BIND_RETRY)
+            return False
         log.info("mllp %s: listening on %s:%d (%s mode, ordering per %s%s)", self.connector.name, self.connector.host,
                  self.connector.port, self.connector.ack_mode, self.connector.ordering, ", TLS" if ctx else "")
         self._spawn(self._recover_then_serve())
-        self._spawn(self._reaper())
+        return True
+
+    async def _bind_later(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(BIND_RETRY)
+            if await self._bind():
+                return
 
     async def stop(self) -> None:
         self.stopping = True

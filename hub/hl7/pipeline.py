@@ -256,9 +256,10 @@ class Pipeline:
         """The one write path: the response, and (when known resources shortened the Bundle) the index in
         the converted Bundle of each entry committed.
 
-        Retried a few times when it answers 5xx (database busy, deadlock); a 412 on a shortened Bundle
-        (a remembered resource changed meanwhile) is retried once with the converted Bundle as it was.
-        Each attempt gets a fresh copy: the transaction rewrites references in place.
+        Retried a few times when it answers 5xx (database busy, deadlock); a failure of a shortened
+        Bundle is retried once with the converted Bundle as it was (a remembered resource may have
+        changed in the moment between the check and the commit). Each attempt gets a fresh copy:
+        the transaction rewrites references in place.
         """
         response = FhirResponse(500)
         plain = False
@@ -269,7 +270,7 @@ class Pipeline:
                                   origin=self.connector.origin, principal=self.principal)
             with self.gate.transaction():
                 response = self.router.dispatch(request)
-            if response.status == 412 and shortcut is not None and shortcut.used and not plain:
+            if response.status >= 400 and shortcut is not None and shortcut.used and not plain:
                 assert self.known is not None
                 self.known.forget(shortcut.used)
                 plain = True

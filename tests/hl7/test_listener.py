@@ -252,3 +252,27 @@ async def test_siu_stream_book_reschedule_cancel(hub: Hub) -> None:
     patient = read(hub, a["participant"][0]["actor"]["reference"])
     assert patient is not None and patient["resourceType"] == "Patient"
 
+
+
+async def test_a_message_committed_but_not_marked_before_a_crash_is_not_applied_twice(hub: Hub) -> None:
+    """The crash window: the FHIR transaction committed, the message store not yet told. The next start
+    processes the message again; its conditional writes make that a no-op (no new versions)."""
+    mrn, first, second = uid(), uid(), uid()
+    async with running(hub, [listener()]) as rt:
+        client = await Client.connect(rt.listeners["test-in"].port)
+        assert msa(await client.call(adt(first, mrn)))[0] == "AA"
+        await client.close()
+        pipeline = rt.listeners["test-in"].pipeline  # warmed up by the first message (known resources)
+        raw = adt(second, mrn, event="A08", phone="5559999").encode()
+        with hub.ctx.db.write() as conn:
+            [receipt] = store.receive(conn, [store.Incoming("test-in", "PMS/CLINIC", "FHIRHUB/CLINIC", second, "ADT^A08", raw)])
+        assert pipeline.process(receipt.pk, raw).ack_code == "AA"  # committed; "crash" before store.finish
+    [patient] = search(hub, "Patient", identifier=f"{SYSTEM}|{mrn}")
+    assert patient["meta"]["versionId"] == "2"
+    async with running(hub, [listener()]) as rt:  # the restart: recovery applies it again
+        assert row(hub, second).status == "applied"
+        client = await Client.connect(rt.listeners["test-in"].port)
+        assert msa(await client.call(raw)) == ("AA", second)  # the sender's resend
+        await client.close()
+    [patient] = search(hub, "Patient", identifier=f"{SYSTEM}|{mrn}")
+    assert patient["meta"]["versionId"] == "2" and patient["telecom"][0]["value"].endswith("5559999")

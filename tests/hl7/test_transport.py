@@ -154,3 +154,34 @@ async def test_a_client_that_disconnects_before_its_ack_does_not_disturb_others(
                 break
             await asyncio.sleep(0.1)
     assert search(hub, "Patient", identifier=f"{SYSTEM}|{mrn}")
+
+
+@pytest.mark.asyncio
+async def test_a_port_in_use_does_not_stop_the_hub_and_is_tried_again(
+        hub: Hub, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from hub.hl7 import listener as listener_module
+    from hub.hl7.connectors import Connectors
+    from hub.hl7.service import Runtime, RuntimeService
+
+    monkeypatch.setattr(listener_module, "BIND_RETRY", 0.2)
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = int(blocker.getsockname()[1])
+    rt = Runtime(hub, Connectors([listener(port=port)], []))
+    services = [RuntimeService(rt), *rt.connector_services()]
+    try:
+        for s in services:
+            await s.start()  # no exception: the FHIR API of the hub stays up
+        assert "cannot listen on 127.0.0.1" in caplog.text
+        blocker.close()
+        await rt.wait_ready("test-in", 20)
+        c = await Client.connect(port)
+        assert msa(await c.call(adt(uid(), uid())))[0] == "AA"
+        await c.close()
+    finally:
+        blocker.close()
+        for s in reversed(services):
+            await s.stop()
