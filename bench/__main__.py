@@ -7,6 +7,7 @@ ratio and its target. The Markdown report goes to stdout and to ``bench/results/
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -42,6 +43,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.md", help="Markdown report file")
     p.add_argument("--profile", action="store_true",
                    help="sample the hub with py-spy during its cells into bench/results/profiles/ (see bench/profile.py)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes of the hub (FHIRHUB_WORKERS) and of the floor alike (default 2; 1 with --profile,"
+                        " which samples one process)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (databases, server logs)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -54,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown suite(s): {', '.join(unknown)}; known: {', '.join(SUITES)}", file=sys.stderr)
         return 2
+    workers = args.workers or (1 if args.profile else 2)
+    os.environ["FHIRHUB_WORKERS"] = str(workers)  # the hub reads it; harness.server passes it to the floor
     opts = Options(
         duration=args.duration,
         warmup=args.warmup if args.warmup is not None else min(0.5, args.duration / 5),

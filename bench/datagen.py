@@ -1,6 +1,6 @@
 """Deterministic bulk test data for the search benchmark, in the shape of the Synthea bundles.
 
-    python bench/datagen.py --patients 1000 --out DIR [--seed 1] [--templates tests/data/synthea]
+    python bench/datagen.py --patients 1000 --out DIR [--seed 1] [--templates tests/data/synthea] [--no-appointments]
     python bench/datagen.py --summarize tests/data/synthea
 
 The Synthea patient transaction bundles in ``tests/data/synthea/`` are the templates. Patient N is a
@@ -11,6 +11,11 @@ copy of template ``N % len(templates)`` with, all derived from ``(seed, N)`` onl
 * new identifier values (SSN, driver's licence, passport, phone number);
 * new names (given and family name tokens, also in displays and notes), picked from lists below;
 * every date and dateTime shifted by the same whole number of days (so ages and intervals hold).
+
+Synthea writes no Appointments, so each template first gets one per Encounter (``appointments=True``,
+the default): ``fulfilled``, the Encounter's period as ``start``/``end``, its type as ``serviceType``,
+and as participants the patient (``urn:uuid``), the Encounter's practitioner and location (the same
+conditional references). Their ids are UUIDs too, so they are renewed per patient like the rest.
 
 The conditional references (``Organization?identifier=…``, ``Practitioner?identifier=…``,
 ``Location?identifier=…``) are kept, so they resolve against the hospital and practitioner bundles,
@@ -114,10 +119,55 @@ def _split(
     return parts
 
 
-def load_template(path: Path, keep: frozenset[str]) -> Template:
+def appointment_for(encounter: dict[str, Any], patient_url: str) -> dict[str, Any] | None:
+    """The (fulfilled) Appointment that booked ``encounter``, or None if it has no whole period."""
+    period = encounter.get("period") or {}
+    if "start" not in period or "end" not in period or "T" not in period["start"]:
+        return None
+    subject = {"reference": patient_url}
+    if "display" in encounter.get("subject", {}):
+        subject["display"] = encounter["subject"]["display"]
+    participants: list[dict[str, Any]] = [{"actor": subject, "required": "required", "status": "accepted"}]
+    for part in encounter.get("participant", [])[:1]:
+        if "individual" in part:
+            participants.append({"actor": part["individual"], "required": "required", "status": "accepted"})
+    for loc in encounter.get("location", [])[:1]:
+        participants.append({"actor": loc["location"], "required": "information-only", "status": "accepted"})
+    appointment: dict[str, Any] = {
+        "resourceType": "Appointment",
+        "id": str(uuid.uuid5(NAMESPACE, f"appointment:{encounter['id']}")),
+        "status": "fulfilled",
+    }
+    if encounter.get("type"):
+        appointment["serviceType"] = encounter["type"][:1]
+    if encounter.get("reasonCode"):
+        appointment["reasonCode"] = encounter["reasonCode"]
+    appointment |= {"start": period["start"], "end": period["end"], "participant": participants}
+    return appointment
+
+
+def add_appointments(bundle: dict[str, Any]) -> int:
+    """Append one Appointment entry per Encounter of the patient bundle; return how many."""
+    entries = bundle["entry"]
+    patient_url = next(e["fullUrl"] for e in entries if e["resource"]["resourceType"] == "Patient")
+    added = 0
+    for entry in list(entries):
+        if entry["resource"]["resourceType"] != "Encounter":
+            continue
+        appointment = appointment_for(entry["resource"], patient_url)
+        if appointment is not None:
+            entries.append({"fullUrl": f"urn:uuid:{appointment['id']}", "resource": appointment,
+                            "request": {"method": "POST", "url": "Appointment"}})
+            added += 1
+    return added
+
+
+def load_template(path: Path, keep: frozenset[str], appointments: bool = True) -> Template:
     bundle = orjson.loads(path.read_bytes())
     if bundle.get("type") != "transaction":
         raise ValueError(f"{path}: not a transaction bundle")
+    if appointments:
+        add_appointments(bundle)
     patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
     literal_kinds: dict[str, str] = {}
     for name in patient.get("name", []):
@@ -172,13 +222,13 @@ def reference_files(directory: Path) -> tuple[Path, Path]:
     return hospital[0], practitioner[0]
 
 
-def load_templates(directory: Path) -> Templates:
+def load_templates(directory: Path, appointments: bool = True) -> Templates:
     hospital, practitioner = reference_files(directory)
     keep = frozenset(re.findall(UUID_RE, hospital.read_text("utf-8") + practitioner.read_text("utf-8")))
     paths = sorted(p for p in directory.glob("*.json") if p not in (hospital, practitioner))
     if not paths:
         raise SystemExit(f"{directory}: no patient bundles")
-    return Templates(hospital, practitioner, [load_template(p, keep) for p in paths])
+    return Templates(hospital, practitioner, [load_template(p, keep, appointments) for p in paths])
 
 
 # ---------------------------------------------------------------------------------- rendering
@@ -224,9 +274,11 @@ def patient_file(n: int) -> str:
     return f"{PATIENT_PREFIX}{n:05d}.json"
 
 
-def generate(templates_dir: Path, out_dir: Path, patients: int, seed: int = 1) -> Counter[str]:
+def generate(
+    templates_dir: Path, out_dir: Path, patients: int, seed: int = 1, appointments: bool = True
+) -> Counter[str]:
     """Write the bundles; return resource counts by type (all files, reference bundles included)."""
-    templates = load_templates(templates_dir)
+    templates = load_templates(templates_dir, appointments)
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = {patient_file(n) for n in range(patients)}
     for stale in out_dir.glob(f"{PATIENT_PREFIX}*.json"):
@@ -312,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output directory")
     parser.add_argument("--seed", type=int, default=1, help="seed (default 1)")
     parser.add_argument("--templates", type=Path, default=DEFAULT_TEMPLATES, help="Synthea bundles to copy")
+    parser.add_argument("--no-appointments", action="store_true", help="no Appointment per Encounter")
     parser.add_argument(
         "--summarize", type=Path, metavar="DIR", help="print a Markdown summary of DIR and exit"
     )
@@ -324,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.patients < 0:
         parser.error("--patients must be >= 0")
     started = time.perf_counter()
-    counts = generate(args.templates, args.out, args.patients, args.seed)
+    counts = generate(args.templates, args.out, args.patients, args.seed, not args.no_appointments)
     elapsed = time.perf_counter() - started
     size = sum(p.stat().st_size for p in args.out.glob("*.json"))
     print(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import os
 import queue
 import sqlite3
 import threading
@@ -38,6 +39,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from hub.store.db import WriteLock, sqlite_file
 
 FHIR_JSON = "application/fhir+json"
 
@@ -90,7 +93,8 @@ class Store:
         self._created = 0
         self._pool_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(pool_size)
-        self._write_lock = threading.Lock() if self.is_sqlite else None
+        # The hub's SQLite write lock (a thread lock, then a file lock shared by worker processes).
+        self._write_lock = WriteLock(sqlite_file(url)) if self.is_sqlite else None
         self.param = "?" if self.is_sqlite else "%s"
         with self.connection() as conn:
             if self.is_sqlite:
@@ -243,12 +247,24 @@ def main(argv: list[str] | None = None, run: Callable[..., None] | None = None) 
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--pool-size", type=int, default=20, help="connections (the hub's FHIRHUB_DB_POOL_SIZE default)")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--workers", type=int, default=1, help="processes, as the hub's FHIRHUB_WORKERS")
     args = parser.parse_args(argv)
     import uvicorn
 
     # The same uvicorn settings as `fhirhub serve` (hub/cli.py): defaults, no access log.
+    if args.workers > 1:
+        os.environ["FLOOR_DATABASE_URL"], os.environ["FLOOR_POOL_SIZE"] = args.database_url, str(args.pool_size)
+        Store(args.database_url, args.pool_size)  # the tables, once, before the workers start
+        (run or uvicorn.run)("bench.floor:factory", factory=True, workers=args.workers, host=args.host, port=args.port,
+                             log_level=args.log_level, access_log=False)
+        return
     (run or uvicorn.run)(create_app(Store(args.database_url, args.pool_size)), host=args.host, port=args.port,
                          log_level=args.log_level, access_log=False)
+
+
+def factory() -> Starlette:
+    """The app of one floor worker process (``--workers`` above 1)."""
+    return create_app(Store(os.environ["FLOOR_DATABASE_URL"], int(os.environ["FLOOR_POOL_SIZE"])))
 
 
 if __name__ == "__main__":

@@ -177,16 +177,18 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 @contextlib.contextmanager
 def server(kind: str, db_url: str, workdir: Path, extra_env: dict[str, str] | None = None,
            wrapper: Sequence[str] = (), start_timeout: float = 120.0) -> Iterator[Server]:
-    """Start the hub (``python -m hub serve``) or the floor (``python -m bench.floor``) and wait for it."""
+    """Start the hub (``python -m hub serve``) or a floor (``python -m bench.floor``, ``bench.floor_search``) and
+    wait for it."""
     port = free_port()
     if kind == "hub":
         cmd = [sys.executable, "-m", "hub", "serve", "--host", HOST, "--port", str(port)]
         env = _env({"FHIRHUB_DATABASE_URL": db_url, **(extra_env or {})})
         ready = f"http://{HOST}:{port}/fhir/metadata"
-    elif kind == "floor":
+    elif kind in ("floor", "floor-search"):
         level = os.environ.get("FHIRHUB_LOG_LEVEL", "INFO").lower()
-        cmd = [sys.executable, "-m", "bench.floor", "--database-url", db_url, "--host", HOST, "--port", str(port),
-               "--log-level", level]
+        module = "bench.floor" if kind == "floor" else "bench.floor_search"
+        cmd = [sys.executable, "-m", module, "--database-url", db_url, "--host", HOST, "--port", str(port),
+               "--log-level", level, "--workers", os.environ.get("FHIRHUB_WORKERS", "1")]
         env = _env(extra_env)
         ready = f"http://{HOST}:{port}/health"
     else:
@@ -226,6 +228,8 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
 def server_pid(srv: Server) -> int:
     """The pid of the Python process serving (the child of a wrapper such as py-spy, if any)."""
     try:
+        if b"python" in Path(f"/proc/{srv.pid}/cmdline").read_bytes().split(b"\0")[0]:
+            return srv.pid  # the server itself (its own children are API workers, counted with it)
         children = Path(f"/proc/{srv.pid}/task/{srv.pid}/children").read_text().split()
     except OSError:
         children = []

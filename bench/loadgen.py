@@ -172,15 +172,24 @@ class RawConnection:
 
 
 def _proc_cpu(pid: int | None) -> float | None:
-    """User + system CPU seconds of ``pid`` and its threads, from /proc (None where unavailable)."""
+    """User + system CPU seconds of ``pid``, its threads and its child processes (the hub's API workers),
+    from /proc (None where unavailable)."""
     if pid is None:
         return None
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            children = [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        children = []
+    for child in children:
+        total += _proc_cpu(child) or 0.0
+    return total
 
 
 def _machine_cpu() -> float | None:

@@ -148,7 +148,7 @@ def record(pid: int, seconds: float, out: Path, rate: int = 100, gil: bool = Tru
     out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [py_spy(), "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", str(rate),
-         "--format", "raw", "--output", str(out), *(["--gil"] if gil else [])],
+         "--format", "raw", "--output", str(out), "--subprocesses", *(["--gil"] if gil else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
 

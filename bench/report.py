@@ -126,6 +126,8 @@ def header(opts: Options, dbs: list[str]) -> str:
         "answers that arrived inside the window)",
         "- floor: a bare Starlette app under the same uvicorn settings and driver, doing the same database work in raw "
         "SQL (bench/floor.py), measured right before the hub in the same run",
+        f"- processes: the hub with FHIRHUB_WORKERS={os.environ.get('FHIRHUB_WORKERS', '1')} API workers (plus its services"
+        " process when above 1), the floor with as many uvicorn workers; CPU figures add up all of a server's processes",
         "",
     ]
     if opts.profile_dir is not None:

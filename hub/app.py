@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -135,7 +136,13 @@ def create_app(hub: Hub) -> FastAPI:
             for service in reversed(started):
                 await service.stop()
 
-    app = FastAPI(title="fhirhub", version=__version__, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    kwargs: dict[str, Any] = {}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        # FastAPI's own OpenTelemetry (0.16x+): off. Its "logs" would record exception messages, which may hold
+        # resource values (PHI), and its per-request checks cost ~3 % of a create.
+        kwargs["telemetry"] = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+    app = FastAPI(title="fhirhub", version=__version__, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan,
+                  **kwargs)
     external = ExternalIssuer(settings.auth_issuer, settings.auth_jwks_url, settings.auth_audience) if settings.auth_issuer else None
     authenticator = Authenticator(settings, hub.tokens, external)
     auth_api.mount(app, settings, hub.tokens, hub.ctx.audit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import orjson
@@ -27,12 +28,18 @@ def _settings() -> Settings:
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # httpx logs every request's full URL at INFO; a FHIR query string can hold PHI (names, birth dates).
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @app.command()
 def serve(
     host: str = typer.Option(None, help="address to listen on (default FHIRHUB_HOST or 127.0.0.1)"),
     port: int = typer.Option(None, help="port (default FHIRHUB_PORT or 8080)"),
+    workers: int = typer.Option(None, help="API worker processes (default FHIRHUB_WORKERS or 1)"),
+    worker_fd: int = typer.Option(None, hidden=True, help="internal: serve as an API worker on this inherited socket"),
+    primary: str = typer.Option(None, hidden=True, help="internal: the primary's private socket (API workers)"),
 ) -> None:
     """Serve the FHIR API at /fhir (migrates the database first)."""
     import uvicorn
@@ -45,7 +52,27 @@ def serve(
     _configure_logging(settings.log_level)
     host = host or settings.host
     port = port or settings.port
+    workers = workers or settings.workers
+    if workers > 1:  # FHIRHUB_DB_POOL_SIZE is the whole server's budget of connections, shared by its processes
+        settings = settings.model_copy(update={"db_pool_size": max(4, settings.db_pool_size // (workers + 1))})
     log = logging.getLogger("hub.cli")
+    ssl = {"ssl_certfile": str(settings.tls_certfile) if settings.tls_certfile else None,
+           "ssl_keyfile": str(settings.tls_keyfile) if settings.tls_keyfile else None}
+    common = {"log_level": settings.log_level.lower(), "access_log": False, **ssl}
+    if worker_fd is not None:  # an API worker started by the primary (hub/workers.py)
+        from hub import workers as procs
+
+        procs.exit_with_parent()
+        hub = build_hub(settings)
+        app = procs.ForwardToPrimary(create_app(hub), primary, settings.max_body_bytes)
+        # socket(fileno=…) reads the family from the descriptor (uvicorn's own fd= would take it for a Unix
+        # socket, and asyncio then leaves Nagle on: 40 ms per answer).
+        sock = socket.socket(fileno=worker_fd)
+        try:
+            uvicorn.Server(uvicorn.Config(app, **common)).run(sockets=[sock])  # type: ignore[arg-type]
+        finally:
+            hub.close()
+        return
     if settings.auth == "off":
         if not is_loopback(host):
             console.print(f"[red]FHIRHUB_AUTH=off is only accepted on a loopback address, not {host}")
@@ -57,13 +84,18 @@ def serve(
     hub = build_hub(settings, with_services=True)
     upgrade(hub.ctx.db)
     scheme = "https" if settings.tls_certfile else "http"
-    log.info("serving FHIR R4 at %s://%s:%d/fhir", scheme, host, port)
     try:
-        uvicorn.run(
-            create_app(hub), host=host, port=port, log_level=settings.log_level.lower(), access_log=False,
-            ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
-            ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
-        )
+        if workers <= 1:
+            log.info("serving FHIR R4 at %s://%s:%d/fhir", scheme, host, port)
+            uvicorn.run(create_app(hub), host=host, port=port, **common)
+            return
+        from hub import workers as procs
+
+        sock = procs.bind(host, port)
+        uds = procs.socket_path()
+        hub.services.append(procs.WorkerPool(hub, workers, sock, uds))  # started last, stopped first
+        log.info("serving FHIR R4 at %s://%s:%d/fhir with %d API workers", scheme, host, port, workers)
+        uvicorn.run(procs.FromWorkers(create_app(hub)), uds=uds, log_level=common["log_level"], access_log=False)
     finally:
         hub.close()
 

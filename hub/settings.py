@@ -16,6 +16,11 @@ class Settings(BaseSettings):
     database_url: str = Field("sqlite:///var/fhirhub.db", description="SQLAlchemy URL; postgresql+psycopg:// selects PostgreSQL")
     host: str = Field("127.0.0.1", description="address `fhirhub serve` listens on")
     port: int = Field(8080, description="port `fhirhub serve` listens on")
+    workers: int = Field(
+        1, ge=1, le=64,
+        description="API worker processes; above 1, the REST API runs in that many processes and the background"
+        " services (subscriptions, workflows, MLLP, sync) in one more (see ARCHITECTURE: Processes)",
+    )
     base_url: str | None = Field(None, description="public FHIR base URL used in fullUrl/links; default: taken from each request")
     profiles_dir: Path = Field(ROOT / "profiles", description="FHIR conformance resources loaded at start")
     default_page_size: int = Field(20, description="_count when the client gives none")

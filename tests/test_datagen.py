@@ -101,10 +101,39 @@ def test_resource_counts_follow_the_templates(out_dir: Path) -> None:
         bundle = load(path)
         template = load(templates[n % len(templates)])
         assert bundle["type"] == "transaction"
+        encounters = sum(1 for e in template["entry"] if e["resource"]["resourceType"] == "Encounter")
         assert [e["resource"]["resourceType"] for e in bundle["entry"]] == [
             e["resource"]["resourceType"] for e in template["entry"]
-        ]
-        assert [e["request"] for e in bundle["entry"]] == [e["request"] for e in template["entry"]]
+        ] + ["Appointment"] * encounters
+        assert [e["request"] for e in bundle["entry"]] == [e["request"] for e in template["entry"]] + [
+            {"method": "POST", "url": "Appointment"}
+        ] * encounters
+
+
+def test_one_appointment_per_encounter(out_dir: Path) -> None:
+    """Synthea has no Appointments: each Encounter gets the fulfilled booking that led to it."""
+    for path in patient_files(out_dir):
+        entries = load(path)["entry"]
+        patient_url = entries[0]["fullUrl"]
+        encounters = [e["resource"] for e in entries if e["resource"]["resourceType"] == "Encounter"]
+        appointments = [e["resource"] for e in entries if e["resource"]["resourceType"] == "Appointment"]
+        assert len(appointments) == len(encounters) > 0
+        for enc, app in zip(encounters, appointments, strict=True):
+            assert app["status"] == "fulfilled"
+            assert (app["start"], app["end"]) == (enc["period"]["start"], enc["period"]["end"])
+            actors = [p["actor"]["reference"] for p in app["participant"]]
+            assert actors[0] == patient_url
+            assert enc["participant"][0]["individual"]["reference"] in actors
+            assert enc["location"][0]["location"]["reference"] in actors
+            assert app["serviceType"] == enc["type"][:1]
+
+
+def test_without_appointments_the_bundles_keep_the_template_shape(tmp_path: Path) -> None:
+    datagen().generate(SYNTHEA, tmp_path, 2, appointments=False)
+    templates = template_files()
+    for n, path in enumerate(patient_files(tmp_path)):
+        types = [e["resource"]["resourceType"] for e in load(path)["entry"]]
+        assert types == [e["resource"]["resourceType"] for e in load(templates[n])["entry"]]
 
 
 def test_ids_are_new_and_unique_across_patients(out_dir: Path) -> None:

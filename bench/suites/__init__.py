@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import Protocol
 
 from bench.harness import Options, Section
-from bench.suites import mllp, store, subscriptions, sync
+from bench.suites import auth, mllp, search, store, subscriptions, sync
 
 
 class Suite(Protocol):
@@ -22,4 +22,4 @@ class Suite(Protocol):
     def run(self, db: str, workdir: Path, opts: Options) -> Section: ...
 
 
-SUITES: dict[str, ModuleType] = {m.NAME: m for m in (store, subscriptions, sync, mllp)}
+SUITES: dict[str, ModuleType] = {m.NAME: m for m in (store, auth, search, subscriptions, sync, mllp)}

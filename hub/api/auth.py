@@ -103,22 +103,26 @@ class Authenticator:
         address = request.client.host if request.client else None
         if not self.enabled:
             principal = Principal("anonymous", Permissions.everything(), address)
+            key = address or "anonymous"
         else:
             header = request.headers.get("authorization") or ""
             scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
                 raise unauthorized("A bearer access token is required", "invalid_request")
             try:
                 if self.external is not None:
-                    found = self.external.verify(token.strip(), fhir_base)
+                    found = self.external.verify(token, fhir_base)
                 else:
                     assert self.tokens is not None
-                    found = self.tokens.verify(token.strip(), fhir_base, token_url(fhir_base))
+                    found = self.tokens.verify(token, fhir_base, token_url(fhir_base))
             except OAuthError as exc:
                 raise unauthorized(exc.description, exc.error) from None
             principal = Principal(found.client_id, found.permissions, address)
-        wait = self.limiter.check(principal.client_id if self.enabled else (address or "anonymous"))
+            key = principal.client_id
+        wait = self.limiter.check(key)
         if wait:
+            request.state.principal = principal  # who was throttled, for the audit record of the 429
             raise FhirError(Category.TOO_MANY, "FHIRHUB-RATE-LIMIT", "Too many requests; slow down",
                             headers={"Retry-After": str(max(1, round(wait + 0.5)))})
         return principal

@@ -47,16 +47,18 @@ def _render(resp: FhirResponse, fhir_req: FhirRequest | None, method: str) -> Re
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed ``limit`` (never buffered past it)."""
-    too_large = FhirError(Category.TOO_LARGE, "FHIRHUB-BODY-TOO-LARGE", f"The body exceeds {limit} bytes")
+    def too_large() -> FhirError:
+        return FhirError(Category.TOO_LARGE, "FHIRHUB-BODY-TOO-LARGE", f"The body exceeds {limit} bytes")
+
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise too_large()
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise too_large()
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -65,9 +67,22 @@ PUBLIC_PATHS = {"metadata"}  # the CapabilityStatement is how clients discover t
 
 
 def mount(app: FastAPI, router: FhirRouter, settings: Settings, authenticator: Authenticator) -> None:
+    bases: dict[tuple[str, Any, str], str] = {}
+
+    def base_of(request: Request) -> str:
+        """The FHIR base URL as the client addressed the server (cached per scheme, Host and root path)."""
+        scope = request.scope
+        key = (scope.get("scheme", "http"), next((v for k, v in scope["headers"] if k == b"host"), None), scope.get("root_path", ""))
+        base = bases.get(key)
+        if base is None:
+            base = f"{str(request.base_url).rstrip('/')}/fhir"
+            if len(bases) < 256:  # Host is client-chosen: bound the cache
+                bases[key] = base
+        return base
+
     async def handle(request: Request, path: str = "") -> Response:
         method = request.method
-        base_url = settings.base_url or f"{str(request.base_url).rstrip('/')}/fhir"
+        base_url = settings.base_url or base_of(request)
         principal = Principal("anonymous", Permissions(), request.client.host if request.client else None)
         try:
             if path.strip("/") not in PUBLIC_PATHS:
@@ -100,10 +115,14 @@ def mount(app: FastAPI, router: FhirRouter, settings: Settings, authenticator: A
             )
         except FhirError as err:
             if err.category in (Category.UNAUTHORIZED, Category.TOO_MANY):
+                if err.category is Category.TOO_MANY:  # authenticated, then throttled: the record names the client
+                    principal = getattr(request.state, "principal", principal)
                 router.audit_later(FhirRequest(method, path, principal=principal), None, err.http_status, err.code)
             return _render(FhirResponse.error(err), None, method)
         if router.is_quick(method, path):
             resp = router.dispatch(fhir_req)
+        elif method != "GET" and router.is_write(fhir_req):
+            resp = await router.dispatch_write(fhir_req)
         else:
             resp = await run_in_threadpool(router.dispatch, fhir_req)
         return _render(resp, fhir_req, method)

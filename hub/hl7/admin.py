@@ -57,6 +57,7 @@ def summary(row: Any) -> dict[str, Any]:
         "receiver": row.receiver,
         "status": row.status,
         "ack": row.ack_code,
+        "ackDelivery": row.ack_delivery,  # enhanced mode: undelivered / redelivered application ACK
         "received": instant(int(row.received)),
         "processed": instant(int(row.processed)) if row.processed else None,
         "attempts": int(row.attempts),

@@ -2,7 +2,7 @@
 
 | route | what it does |
 |---|---|
-| ``GET /admin/messages`` | search: ``type`` (ADT, ADT^A01), ``status`` (comma list), ``control_id``, ``sender`` (part of MSH-3/4), ``connector``, ``direction`` (in/out), ``error`` (error class), ``since``/``until`` (instant or ``2h``/``7d`` ago), ``_count``, ``before`` (paging: the last id shown) |
+| ``GET /admin/messages`` | search: ``type`` (ADT, ADT^A01), ``status`` (comma list), ``control_id``, ``sender`` (part of MSH-3/4), ``connector``, ``direction`` (in/out), ``error`` (error class), ``ack_delivery`` (``undelivered``: enhanced-mode application ACKs still owed to their sender; ``redelivered``), ``since``/``until`` (instant or ``2h``/``7d`` ago), ``_count``, ``before`` (paging: the last id shown) |
 | ``GET /admin/messages/{id}`` | one message: the raw message, its ACK, the resources it produced (``?bundle=true``: the Bundle it became) |
 | ``POST /admin/messages/{id}/reprocess`` | run it through the current mapping files and commit again |
 | ``POST /admin/messages/reprocess?error=CODE`` | reprocess every failed message of that error class (``connector``, ``limit``) |
@@ -27,6 +27,7 @@ from hub.api.auth import Authenticator
 from hub.errors import Category, FhirError, invalid
 from hub.hl7 import store
 from hub.hl7.admin import Admin, admin_for, parse_when
+from hub.hl7.tables import ACK_DELIVERIES
 from hub.security.audit import AuditRecord
 from hub.security.scopes import Principal
 
@@ -176,11 +177,20 @@ def _query(params: Any) -> store.Query:
         connector=params.get("connector") or None,
         direction=direction or None,
         error_code=params.get("error") or None,
+        ack_delivery=_ack_delivery(params.get("ack_delivery")),
         since=parse_when(params["since"], "since") if params.get("since") else None,
         until=parse_when(params["until"], "until") if params.get("until") else None,
         before_pk=_int(before, 0, "before") if before else None,
         limit=min(_int(params.get("_count"), 50, "_count"), MAX_COUNT),
     )
+
+
+def _ack_delivery(value: str | None) -> str | None:
+    if value in (None, ""):
+        return None
+    if value not in ACK_DELIVERIES:
+        raise invalid("HL7-ADMIN-PARAM", f"ack_delivery is one of {', '.join(ACK_DELIVERIES)}")
+    return value
 
 
 def _next(params: Any, last: int) -> str:

@@ -22,6 +22,7 @@ from hub.hl7 import store
 from hub.hl7.admin import Admin, parse_when
 from hub.hl7.errors import Hl7Error, MappingFileError
 from hub.hl7.settings import Hl7Settings
+from hub.hl7.tables import ACK_DELIVERIES
 
 if TYPE_CHECKING:
     from hub.app import Hub
@@ -184,17 +185,21 @@ def messages_list(
     connector: str = typer.Option(None, "--connector"),
     direction: str = typer.Option(None, "--direction", help="in or out"),
     error: str = typer.Option(None, "--error", help="error class, e.g. HL7-MAP-REQUIRED"),
+    ack_delivery: str = typer.Option(None, "--ack-delivery",
+                                     help="undelivered: enhanced-mode application ACKs still owed to their sender; redelivered"),
     since: str = typer.Option(None, "--since", help="instant or duration ago (2h, 7d)"),
     until: str = typer.Option(None, "--until"),
     limit: int = typer.Option(50, "--limit"),
     as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table"),
 ) -> None:
     """List stored messages, newest first."""
+    if ack_delivery and ack_delivery not in ACK_DELIVERIES:
+        raise _fail(f"--ack-delivery is one of {', '.join(ACK_DELIVERIES)}")
     admin = _admin()
     try:
         rows = admin.search(store.Query(
             message_type=message_type, status=status.split(",") if status else None, control_id=control_id,
-            sender=sender, connector=connector, direction=direction, error_code=error,
+            sender=sender, connector=connector, direction=direction, error_code=error, ack_delivery=ack_delivery or None,
             since=parse_when(since, "since") if since else None, until=parse_when(until, "until") if until else None,
             limit=limit))
     except FhirError as exc:
@@ -211,7 +216,7 @@ def messages_list(
     for r in rows:
         err = r.get("error") or {}
         table.add_row(str(r["id"]), r["direction"], r["connector"], r.get("type") or "", r.get("controlId") or "",
-                      r["sender"], r["status"], r.get("ack") or "",
+                      r["sender"], r["status"], f"{r.get('ack') or ''} {r.get('ackDelivery') or ''}".strip(),
                       f"{err.get('code', '')} {err.get('location') or ''}".strip(), r["received"])
     out.print(table)
 
@@ -246,7 +251,7 @@ def messages_show(
         out.print(json.dumps(found, indent=2), markup=False)
         return
     for key in ("id", "direction", "connector", "type", "controlId", "sender", "receiver", "status", "ack",
-                "received", "processed", "attempts", "duplicates", "peer", "source", "nextAttempt"):
+                "ackDelivery", "received", "processed", "attempts", "duplicates", "peer", "source", "nextAttempt"):
         if found.get(key) not in (None, ""):
             out.print(f"{key:>11}: {found[key]}", markup=False)
     if "error" in found:

@@ -8,6 +8,9 @@ Per frame, in this order:
 3. parse, filter, map and commit run in the listener's worker threads
    (:class:`~hub.hl7.pipeline.Pipeline`), in order per connection, or per patient;
 4. the outcome is stored, then the (application) ACK goes out: AA only after the commit.
+   In enhanced mode an application ACK whose connection has gone is recorded on the message
+   (``ack_delivery = undelivered``) and sent when the same sender (MSH-3/MSH-4, same peer host)
+   connects again and sends its first message there (``redelivered``).
 
 Framing and transport faults never take the listener down: bytes between frames are
 discarded, half frames are dropped when a new frame starts or the frame timeout passes, an
@@ -47,6 +50,9 @@ log = logging.getLogger("hub.hl7.mllp")
 MAX_UNREAD_ACK_BYTES = 1 << 20  # a client that leaves this much of its ACKs unread is closed
 WAIT_PENDING = 60.0  # seconds a resend waits for the first copy's outcome
 BIND_RETRY = 5.0  # seconds between attempts to listen on a port that was not free
+MAX_BATCH = 64  # most messages one database transaction commits
+AHEAD = 2 * MAX_BATCH  # messages mapped and waiting for their commit, at most
+REDELIVER_MAX = 1000  # owed application ACKs sent on one new connection, at most
 
 
 class Stopping(Exception):
@@ -107,9 +113,13 @@ class Sequencer:
 
 @dataclass
 class _Slot:
-    """One ACK to write, in order."""
+    """One ACK to write, in order. An application ACK (enhanced mode) knows its message, so that an ACK
+    whose connection is gone is recorded as undelivered (and one that redelivers is recorded as sent)."""
 
     future: asyncio.Future[bytes | None]
+    pk: int | None = None  # the message it answers (application ACKs)
+    sender: str = ""  # its MSH-3/MSH-4
+    resend: bool = False  # the answer to a resend, or a stored ACK sent again: mark it redelivered once written
 
 
 @dataclass
@@ -122,6 +132,7 @@ class _Job:
     ticket: Ticket
     first: asyncio.Future[bytes | None]
     second: asyncio.Future[bytes | None] | None
+    app: _Slot | None = None  # the slot of ``second``
 
 
 @dataclass
@@ -148,6 +159,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.stats = _Stats()
         self.paused = False
+        self.greeted: set[str] = set()  # senders (MSH-3/MSH-4) whose owed application ACKs were looked up
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -223,35 +235,78 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     # -- frames
-    def _slot(self, app: bool = False) -> asyncio.Future[bytes | None]:
+    def _slot(self, app: bool = False) -> _Slot:
         fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        (self.app_acks if app else self.acks).append(_Slot(fut))
+        slot = _Slot(fut)
+        (self.app_acks if app else self.acks).append(slot)
         fut.add_done_callback(self._flush)
-        return fut
+        return slot
 
     def _accept(self, payload: bytes, now: float) -> None:
         svc = self.service
         svc.received(now)
         header = read_header(payload)
-        first = self._slot()
-        second = self._slot(app=True) if self.connector.ack_mode == "enhanced" else None
-        svc.accept(self, payload, header, svc.sequencer.reserve(self.key), first, second)
+        first = self._slot().future
+        app = self._slot(app=True) if self.connector.ack_mode == "enhanced" else None
+        svc.accept(self, payload, header, svc.sequencer.reserve(self.key), first, app.future if app else None, app)
+
+    def hold(self, before: _Slot) -> _Slot:
+        """A place in the application-ACK line just ahead of ``before``, for ACKs still to be looked up
+        (:meth:`owed` fills it; until then nothing behind it goes out)."""
+        fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        place = _Slot(fut)
+        try:
+            self.app_acks.insert(self.app_acks.index(before), place)
+        except ValueError:  # already written (cannot happen: it waits for its message)
+            self.app_acks.appendleft(place)
+        fut.add_done_callback(self._flush)
+        return place
+
+    def owed(self, place: _Slot, acks: list[tuple[int, str, bytes]]) -> None:
+        """Stored application ACKs owed to this connection's sender (``(pk, sender, ack)``): they take the
+        place :meth:`hold` kept, ahead of the application ACK of the message that brought the sender back."""
+        loop = asyncio.get_running_loop()
+        slots = []
+        for pk, sender, ack in acks:
+            fut: asyncio.Future[bytes | None] = loop.create_future()
+            fut.set_result(ack)
+            slots.append(_Slot(fut, pk, sender, resend=True))
+        if slots:
+            try:
+                at = self.app_acks.index(place)
+            except ValueError:
+                at = 0
+            for k, slot in enumerate(slots):
+                self.app_acks.insert(at + k, slot)
+        if not place.future.done():
+            place.future.set_result(None)  # flushes
 
     def _refuse(self, head: bytes, err: Hl7Error) -> None:
         enhanced = self.connector.ack_mode == "enhanced"
         ack, audit = self.service.pipeline.refuse(head, self.peer, err, enhanced_accept=enhanced)
         self.service.audit(audit)
-        self._slot().set_result(ack)
+        self._slot().future.set_result(ack)
 
     def _flush(self, _: object = None) -> None:
         """Write the ACKs that are ready, in the order their messages arrived (accept and
-        application ACKs each in their own order)."""
+        application ACKs each in their own order). An application ACK whose connection is gone is
+        recorded as undelivered (sent again when its sender connects again)."""
+        sent: list[int] = []
+        lost: list[_Slot] = []
         for line in (self.acks, self.app_acks):
             while line and line[0].future.done():
                 slot = line.popleft()
                 data = None if slot.future.cancelled() else slot.future.result()
-                if data is not None and self.transport is not None and not self.closed:
+                if data is None:
+                    continue
+                if self.transport is not None and not self.closed and not self.transport.is_closing():
                     self.transport.write(frame(data))
+                    if slot.resend and slot.pk is not None:
+                        sent.append(slot.pk)
+                elif slot.pk is not None:
+                    lost.append(slot)
+        if sent or lost:
+            self.service.ack_delivery(self, sent, lost)
 
 
 # ------------------------------------------------------------------------------------ the service
@@ -282,6 +337,20 @@ class ListenerService:
         self._idle.set()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._deferred: deque[tuple[_Job, Receipt]] = deque()
+        self._ready: list[tuple[Prepared, asyncio.Future[Result]]] = []  # prepared, waiting for a commit
+        self._committing = 0
+        self._ahead = asyncio.Semaphore(AHEAD)
+        # one batch commits at a time (SQLite has one writer anyway). On PostgreSQL too: two transactions
+        # running at once could each conditionally create the same practitioner or room (neither sees the
+        # other's uncommitted row), and every later message naming it would then match two
+        self._parallel = 1
+        # its own threads: a commit never queues behind the mapping of a backlog
+        self.committer = concurrent.futures.ThreadPoolExecutor(self._parallel, thread_name_prefix=f"hl7-{connector.name}-commit")
+        self.batches = 0
+        # enhanced mode: senders owed application ACKs that found their connection gone (loaded at start), and
+        # the messages whose stored ACK is on its way on a new connection
+        self._owed: set[str] = set()
+        self._claimed: set[int] = set()
 
     # -- lifecycle
     async def start(self) -> None:
@@ -337,6 +406,7 @@ class ListenerService:
         with contextlib.suppress(Exception):
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self.committer.shutdown(wait=True, cancel_futures=True)
 
     @property
     def port(self) -> int:
@@ -377,17 +447,27 @@ class ListenerService:
     def _recover(self) -> int:
         done = 0
         after = 0
+        enhanced = self.connector.ack_mode == "enhanced"
         while not self.stopping:
             with self.runtime.db.read() as conn:
                 rows = store.pending(conn, self.connector.name, 200, after)
             if not rows:
-                return done
+                break
             for row in rows:
                 after = int(row.pk)
                 result = self.pipeline.process(int(row.pk), bytes(row.raw), row.peer)
+                if enhanced and app_ack_wanted(read_header(bytes(row.raw)), result.ack_code):
+                    # its sender got the accept ACK before the stop; the application ACK waits for it
+                    result.outcome.ack_delivery = "undelivered"
                 self.writer.finish(result.outcome).result()
                 self.audit(result.audit)
                 done += 1
+        if enhanced:
+            with self.runtime.db.read() as conn:
+                self._owed = store.undelivered_senders(conn, self.connector.name)
+            if self._owed:
+                log.info("mllp %s: application ACKs are owed to %d sender(s); sent when they connect again",
+                         self.connector.name, len(self._owed))
         return done
 
     async def _reaper(self) -> None:
@@ -433,18 +513,88 @@ class ListenerService:
 
     # -- one message
     def accept(self, conn: Connection, payload: bytes, header: Header, ticket: Ticket,
-               first: asyncio.Future[bytes | None], second: asyncio.Future[bytes | None] | None) -> None:
+               first: asyncio.Future[bytes | None], second: asyncio.Future[bytes | None] | None,
+               app: _Slot | None = None) -> None:
         """A frame arrived (in the event loop): store it. ``first`` gets the (accept) ACK, ``second`` the
-        application ACK (enhanced mode). No task is made until the message is durable."""
+        application ACK (enhanced mode; ``app`` its slot). No task is made until the message is durable."""
         self._backlog(1)
         code = header.message_code
+        sender = party(header.sending_application, header.sending_facility)
         incoming = Incoming(
-            self.connector.name, party(header.sending_application, header.sending_facility),
+            self.connector.name, sender,
             party(header.receiving_application, header.receiving_facility), header.control_id or None,
             f"{code}^{header.trigger}" if header.trigger else code, payload, conn.peer,
         )
-        job = _Job(conn, payload, header, ticket, first, second)
+        if app is not None:
+            app.sender = sender
+            if sender in self._owed and sender not in conn.greeted:
+                conn.greeted.add(sender)
+                self._redeliver(conn, sender, conn.hold(app))
+        job = _Job(conn, payload, header, ticket, first, second, app)
         self.writer.areceive_future(incoming).add_done_callback(partial(self._stored, job))
+
+    # -- enhanced mode: application ACKs whose connection was gone
+    def _redeliver(self, conn: Connection, sender: str, place: _Slot) -> None:
+        """The first message of a sender that is owed application ACKs arrived on a new connection: send it the
+        stored ACKs (same connector, same MSH-3/MSH-4, same peer host)."""
+        def load() -> list[Any]:
+            with self.runtime.db.read() as c:
+                return store.undelivered(c, self.connector.name, sender, REDELIVER_MAX)
+
+        loop = asyncio.get_running_loop()
+        try:
+            fut = loop.run_in_executor(self.executor, load)
+        except RuntimeError:  # stopping
+            conn.owed(place, [])
+            return
+        fut.add_done_callback(partial(self._send_owed, conn, sender, place))
+
+    def _send_owed(self, conn: Connection, sender: str, place: _Slot, fut: asyncio.Future[list[Any]]) -> None:
+        exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()
+        if exc is not None:
+            log.error("mllp %s: owed application ACKs could not be read (%s)", self.connector.name, type(exc).__name__)
+            conn.greeted.discard(sender)
+            conn.owed(place, [])
+            return
+        rows = fut.result()
+        host = peer_host(conn.peer)
+        mine = [r for r in rows if peer_host(r.peer) == host and int(r.pk) not in self._claimed]
+        if len(rows) < REDELIVER_MAX and len(mine) == len(rows):
+            self._owed.discard(sender)  # all of them go now (a failure adds the sender again)
+        if not mine or conn.closed:
+            if conn.closed:
+                self._owed.add(sender)
+            conn.greeted.discard(sender)
+            conn.owed(place, [])
+            return
+        self._claimed.update(int(r.pk) for r in mine)
+        log.info("mllp %s: %d application ACK(s) owed to %s sent on its new connection from %s (messages %s)",
+                 self.connector.name, len(mine), sender, conn.peer, " ".join(str(r.pk) for r in mine[:20]))
+        conn.owed(place, [(int(r.pk), sender, bytes(r.ack)) for r in mine])
+
+    def ack_delivery(self, conn: Connection, sent: list[int], lost: list[_Slot]) -> None:
+        """Record application ACKs that went out late (``redelivered``) or found the connection gone
+        (``undelivered``: kept, with the ACK, for the sender's next connection)."""
+        loop = asyncio.get_running_loop()
+        if lost:
+            pks = [s.pk for s in lost if s.pk is not None]
+            self._owed.update(s.sender for s in lost)
+            log.warning("mllp %s: %s closed the connection before %d application ACK(s) went out (messages %s): "
+                        "kept as undelivered, sent when it connects again", self.connector.name, conn.peer, len(pks),
+                        " ".join(str(pk) for pk in pks[:20]))
+            self._store_delivery(loop, partial(store.mark_undelivered, pks=pks), pks)
+        if sent:
+            self._store_delivery(loop, partial(store.mark_redelivered, pks=sent), sent)
+
+    def _store_delivery(self, loop: asyncio.AbstractEventLoop, work: Any, pks: list[int]) -> None:
+        def done(f: concurrent.futures.Future[Any]) -> None:
+            if f.exception() is not None:
+                log.error("mllp %s: ACK delivery of messages %s not recorded (%s)", self.connector.name,
+                          " ".join(map(str, pks[:20])), type(f.exception()).__name__)
+            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+                loop.call_soon_threadsafe(self._claimed.difference_update, pks)
+
+        self.writer.call(work).add_done_callback(done)
 
     def _stored(self, job: _Job, fut: asyncio.Future[Receipt]) -> None:
         exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
@@ -507,8 +657,12 @@ class ListenerService:
             ack_code, error = await self._outcome_of(receipt)
             ack, audit = self.pipeline.duplicate(payload, peer, ack_code, error, header.control_id)
             self.audit(audit)
+            if job.app is not None:  # answering the resend also delivers what an undelivered ACK said
+                job.app.pk, job.app.resend = receipt.pk, True
             self._answer(first, second, header, ack, ack_code)
             return
+        if job.app is not None:
+            job.app.pk, job.app.resend = receipt.pk, receipt.kind == "retry"
         fut: asyncio.Future[tuple[str, Hl7Error | None]] = asyncio.get_running_loop().create_future()
         self.inflight[receipt.pk] = fut
         try:
@@ -550,26 +704,67 @@ class ListenerService:
 
     async def _process(self, pk: int, payload: bytes, peer: str | None, ticket: Any, conn_key: object) -> Result:
         loop = asyncio.get_running_loop()
-        if self.connector.ordering == "patient":
-            await ticket.wait()
-            await self._until_idle()
-            prepared: Prepared = await loop.run_in_executor(self.executor, self.pipeline.prepare, pk, payload, peer)
-            lane = self.sequencer.reserve(("patient", prepared.patient_key) if prepared.patient_key else conn_key)
-            ticket.release()  # the next message of this connection may be mapped now
-            try:
-                await lane.wait()
-                result: Result = await loop.run_in_executor(self.executor, self.pipeline.apply, prepared)
-                await self.writer.afinish(result.outcome)
-            finally:
-                lane.release()
-            return result
         await ticket.wait()
         await self._until_idle()
-        result = await loop.run_in_executor(self.executor, self.pipeline.process, pk, payload, peer)
-        # the outcome is durable before the next message of this connection is applied (crash recovery
-        # then only ever re-applies the last message of a line, which the conditional writes make a no-op)
-        await self.writer.afinish(result.outcome)
+        # mapping runs ahead of the commits by at most AHEAD messages: a backlog is not mapped all at once
+        # while the commits starve for the interpreter
+        async with self._ahead:
+            prepared: Prepared = await loop.run_in_executor(self.executor, self.pipeline.prepare, pk, payload, peer)
+            if self.connector.ordering == "patient":
+                lane = self.sequencer.reserve(("patient", prepared.patient_key) if prepared.patient_key else conn_key)
+                ticket.release()  # the next message of this connection may be mapped now
+                try:
+                    await lane.wait()
+                    return await self._commit(prepared)
+                finally:
+                    lane.release()
+            # connection order: the ticket is released (by the caller) only once this message's outcome is durable
+            return await self._commit(prepared)
+
+    # -- group commit of the FHIR transactions
+    async def _commit(self, prepared: Prepared) -> Result:
+        """Commit a prepared message together with whatever other messages are ready (each one the head of
+        its ordering line, so they are independent): one database transaction, one savepoint per message,
+        the outcomes stored in the same transaction (see :meth:`Pipeline.apply_many`). Returns once the
+        outcome is durable (crash recovery then only ever re-applies the last message of a line, which
+        the conditional writes make a no-op)."""
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._ready.append((prepared, fut))
+        self._kick()
+        result = await fut
+        if not result.stored:
+            await self.writer.afinish(result.outcome)
         return result
+
+    def _kick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._ready and self._committing < self._parallel:
+            batch, self._ready = self._ready[:MAX_BATCH], self._ready[MAX_BATCH:]
+            self._committing += 1
+            try:
+                done = loop.run_in_executor(self.committer, self.pipeline.apply_many, [p for p, _ in batch])
+            except RuntimeError as exc:  # the executor is shut down: the hub stops
+                self._committing -= 1
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(Stopping(str(exc)))
+                continue
+            done.add_done_callback(partial(self._committed, batch))
+
+    def _committed(self, batch: list[tuple[Prepared, asyncio.Future[Result]]], done: asyncio.Future[list[Result]]) -> None:
+        self._committing -= 1
+        exc = asyncio.CancelledError() if done.cancelled() else done.exception()
+        results = done.result() if exc is None else []
+        for k, (_, fut) in enumerate(batch):
+            if fut.done():
+                continue
+            if exc is not None or k >= len(results):
+                fut.set_exception(exc or RuntimeError("no result"))
+            else:
+                fut.set_result(results[k])
+        self.batches += 1
+        if self._ready and not self.stopping:
+            self._kick()
 
     async def _outcome_of(self, receipt: Receipt) -> tuple[str, Hl7Error | None]:
         """The outcome of the first copy of a resent message (waiting while it is processed)."""
@@ -601,9 +796,17 @@ class ListenerService:
         if second is None:
             first.set_result(ack)
             return
-        wanted = (header.app_ack_type or "AL").upper()
-        if wanted == "NE" or (wanted == "ER" and code == "AA") or (wanted == "SU" and code != "AA"):
-            second.set_result(None)
-        else:
-            second.set_result(ack)
+        second.set_result(ack if app_ack_wanted(header, code) else None)
+
+
+def app_ack_wanted(header: Header | None, code: str) -> bool:
+    """Enhanced mode: whether MSH-16 asks for the application ACK ``code`` (AL always, NE never, ER errors,
+    SU success)."""
+    wanted = ((header.app_ack_type if header is not None else "") or "AL").upper()
+    return not (wanted == "NE" or (wanted == "ER" and code == "AA") or (wanted == "SU" and code != "AA"))
+
+
+def peer_host(peer: str | None) -> str | None:
+    """The host of ``host:port`` (IPv6 included)."""
+    return peer.rsplit(":", 1)[0] if peer else None
 

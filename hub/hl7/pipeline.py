@@ -19,11 +19,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
+from sqlalchemy import Connection
 
 from hub.errors import CATEGORIES, Category
+from hub.hl7 import store
 from hub.hl7.ack import Header, build_ack, read_header
 from hub.hl7.connectors import Listener
 from hub.hl7.convert import ConversionResult, convert
@@ -39,6 +42,7 @@ from hub.hl7.known import Known
 from hub.hl7.mapping import MappingSet
 from hub.hl7.parse import parse
 from hub.hl7.store import Outcome, WriteGate
+from hub.interactions import transaction
 from hub.interactions.request import FhirRequest, FhirResponse
 from hub.security.audit import AuditRecord, outcome_code
 from hub.security.scopes import Principal
@@ -61,11 +65,14 @@ class MappingCache:
 
     def __init__(self) -> None:
         self._sets: dict[Path, MappingSet] = {}
+        self._keys: dict[Path, Path] = {}
         self._failed: dict[Path, str] = {}
         self._lock = threading.Lock()
 
     def get(self, directory: Path) -> MappingSet:
-        key = Path(directory).resolve()
+        key = self._keys.get(directory)
+        if key is None:  # resolving a path costs system calls: once per directory, not per message
+            key = self._keys[directory] = Path(directory).resolve()
         ms = self._sets.get(key)
         if ms is None:
             with self._lock:
@@ -165,6 +172,7 @@ class Prepared:
     error: Hl7Error | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     bundle_json: bytes = b""  # the Bundle as converted (the transaction would change a dict in place)
+    merges: list[str] = field(default_factory=list)  # ADT^A40: the conditional URL of each Patient merged away
 
     @property
     def patient_key(self) -> str | None:
@@ -179,6 +187,7 @@ class Result:
     conversion: ConversionResult | None = None
     error: Hl7Error | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    stored: bool = False  # the outcome was committed with the FHIR writes (apply_many): no finish needed
 
     @property
     def ack_code(self) -> str:
@@ -217,6 +226,7 @@ class Pipeline:
             prepared.conversion = convert(msg, ms, sender_systems=self.connector.sender_systems or None,
                                           timezone=self.connector.timezone)
             prepared.bundle_json = orjson.dumps(prepared.conversion.bundle)
+            prepared.merges = merged_patients(prepared.conversion.bundle)
         except Hl7Error as err:
             prepared.error = err
         except Exception as exc:  # noqa: BLE001 - the edge: a bug must not take the listener down
@@ -239,6 +249,10 @@ class Pipeline:
             if response.status >= 400:
                 raise self.fhir_failure(response, conversion, index)
             refs = _written(response)
+            if prepared.merges:
+                t2 = time.perf_counter()
+                refs += self.repoint(prepared.merges)
+                prepared.seconds["repoint"] = time.perf_counter() - t2
         except Hl7Error as err:
             return self._failed(pk, raw, peer, err, prepared.message_type, conversion, prepared.seconds)
         except Exception as exc:  # noqa: BLE001 - the edge: a bug must not take the listener down
@@ -250,6 +264,92 @@ class Pipeline:
         outcome = Outcome(pk, "applied", "AA", ack, prepared.message_type, resources=refs, bundle=prepared.bundle_json,
                           patient_key=conversion.patient_key)
         audit = AuditRecord("hl7v2", 0, self.connector.origin, peer, entities=refs, detail=conversion.control_id)
+        return Result(outcome, ack, audit, conversion, None, prepared.seconds)
+
+    def apply_many(self, batch: list[Prepared]) -> list[Result]:
+        """Commit several prepared messages in one database transaction, each in its own savepoint,
+        with their outcomes (``hl7_message``) written in that same transaction (``Result.stored``).
+
+        The messages must be independent of each other's order (the listener only batches the heads
+        of different ordering lines). A message whose Bundle is refused is rolled back alone and gets
+        its AE/AR like :meth:`apply` gives it; one that needs :meth:`apply`'s second chances (a 5xx,
+        or a refused Bundle that was shortened by :class:`Known`) is left out of the batch's outcomes
+        and applied again on its own afterwards; if the batch cannot commit at all, every message is
+        applied on its own. Either way each message is applied exactly once.
+        """
+        if len(batch) == 1 and batch[0].error is None:
+            return [self.apply(batch[0])]
+        results: list[Result | None] = [None] * len(batch)
+        todo: list[int] = []
+        for i, prepared in enumerate(batch):
+            if prepared.error is not None or prepared.conversion is None or prepared.merges:
+                # no FHIR write (the error outcome), or a merge: its re-pointing follows its own commit
+                results[i] = self.apply(prepared)
+            else:
+                todo.append(i)
+        if not todo:
+            return [r for r in results if r is not None]
+        shortcuts = [self.known.shorten(batch[i].bundle_json) if self.known is not None else None for i in todo]
+        requests = [
+            FhirRequest("POST", "", [], {"prefer": "return=minimal"},
+                        sc.bundle if sc is not None else orjson.loads(batch[i].bundle_json), self.base_url,
+                        origin=self.connector.origin, principal=self.principal)
+            for i, sc in zip(todo, shortcuts, strict=True)
+        ]
+        again: list[int] = []  # positions in ``todo`` that apply() must take on alone
+        t1 = time.perf_counter()
+
+        def within(conn: Connection, responses: list[FhirResponse]) -> None:
+            again.clear()
+            outcomes = []
+            for k, (i, response, sc) in enumerate(zip(todo, responses, shortcuts, strict=True)):
+                if response.status >= 500 or (response.status >= 400 and sc is not None and sc.used):
+                    again.append(k)
+                    results[i] = None
+                    continue
+                result = self._result(batch[i], response, sc.index if sc is not None else None)
+                result.stored = True
+                results[i] = result
+                outcomes.append(result.outcome)
+            if outcomes:
+                store.finish(conn, outcomes)
+
+        try:
+            with self.gate.transaction():
+                responses = transaction.process_many(self.router, requests, within)
+        except Exception as exc:  # noqa: BLE001 - the batch did not commit: each message on its own
+            log.warning("hl7 batch of %d messages not committed (%s): applied one by one", len(todo), type(exc).__name__)
+            log.debug("hl7 batch failure detail", exc_info=exc)
+            for i in todo:
+                results[i] = self.apply(batch[i])
+            return [r for r in results if r is not None]
+        elapsed = time.perf_counter() - t1
+        for k, (i, sc) in enumerate(zip(todo, shortcuts, strict=True)):
+            if k in again:
+                continue
+            batch[i].seconds["commit"] = elapsed / len(todo)
+            if sc is not None and self.known is not None and responses[k].status < 300:
+                self.known.learn(sc, responses[k].body)
+        for k in again:
+            sc = shortcuts[k]
+            if sc is not None and sc.used and self.known is not None and responses[k].status < 500:
+                self.known.forget(sc.used)
+            results[todo[k]] = self.apply(batch[todo[k]])
+        return [r for r in results if r is not None]
+
+    def _result(self, prepared: Prepared, response: FhirResponse, index: list[int] | None) -> Result:
+        """The Result of a committed (or refused) transaction of a prepared message."""
+        conversion = prepared.conversion
+        assert conversion is not None
+        if response.status >= 400:
+            err = self.fhir_failure(response, conversion, index)
+            return self._failed(prepared.pk, prepared.raw, prepared.peer, err, prepared.message_type, conversion,
+                                prepared.seconds)
+        refs = _written(response)
+        ack = self.acks.build(prepared.raw, "AA")
+        outcome = Outcome(prepared.pk, "applied", "AA", ack, prepared.message_type, resources=refs,
+                          bundle=prepared.bundle_json, patient_key=conversion.patient_key)
+        audit = AuditRecord("hl7v2", 0, self.connector.origin, prepared.peer, entities=refs, detail=conversion.control_id)
         return Result(outcome, ack, audit, conversion, None, prepared.seconds)
 
     def commit(self, bundle_json: bytes) -> tuple[FhirResponse, list[int] | None]:
@@ -284,6 +384,91 @@ class Pipeline:
             else:
                 break
         return response, None
+
+    # -------------------------------------------------------------------- ADT^A40: references follow the merge
+    def repoint(self, merges: list[str]) -> list[str]:
+        """After a merge committed: every resource that refers to a Patient merged away (``Patient?identifier=``
+        of each MRG) is changed to refer to the Patient that replaces it, through the one write path (transaction
+        Bundles of ``PUT`` with ``If-Match``: outbox, audit, history). The Patients' own ``link`` elements and
+        Provenance (a record of what happened to the old one) stay as they are. Returns ``Type/id/_history/v`` of
+        what changed; nothing when nothing refers to the old Patient any more (a resent A40)."""
+        written: list[str] = []
+        for url in merges:
+            for attempt in range(TRANSIENT_RETRIES + 1):
+                try:
+                    written += self._repoint_one(url)
+                    break
+                except _Retry:
+                    if attempt == TRANSIENT_RETRIES:
+                        raise _merge_error("FHIRHUB-CONFLICT", "the resources changed while they were re-pointed") from None
+                    time.sleep(0.05 * (2**attempt))
+        return written
+
+    def _repoint_one(self, url: str) -> list[str]:
+        res_type, _, query = url.partition("?")
+        found = self._get(res_type, parse_qsl(query, keep_blank_values=True))
+        olds = [r for r in found if r.get("resourceType") == "Patient"]
+        if len(olds) != 1:  # the merge just wrote it: cannot happen unless it was deleted meanwhile
+            raise _merge_error("HL7-MERGE-PATIENT", f"the merged patient was found {len(olds)} times")
+        old = olds[0]
+        old_id = str(old["id"])
+        target = next((str((lk.get("other") or {}).get("reference") or "") for lk in old.get("link") or []
+                       if lk.get("type") == "replaced-by"), "")
+        if not target.startswith("Patient/") or target == f"Patient/{old_id}":
+            raise _merge_error("HL7-MERGE-PATIENT", "the merged patient has no replaced-by link")
+        target = "Patient/" + target.split("/")[1]  # no version
+        matches = _OldRef(self.base_url, old_id)
+        entries: list[dict[str, Any]] = []
+        params: list[tuple[str, str]] = [("_count", str(REPOINT_PAGE))]
+        while True:
+            page = self._get(f"Patient/{old_id}/$everything", params, with_links=True)
+            for res in page[:-1]:
+                if res.get("resourceType") in REPOINT_SKIP or not matches.rewrite(res, target):
+                    continue
+                rid, version = str(res["id"]), str((res.get("meta") or {}).get("versionId") or "")
+                entries.append({"fullUrl": f"{self.base_url}/{res['resourceType']}/{rid}", "resource": res,
+                                "request": {"method": "PUT", "url": f"{res['resourceType']}/{rid}",
+                                            **({"ifMatch": f'W/"{version}"'} if version else {})}})
+            cursor = page[-1].get("_cursor")
+            if not cursor:
+                break
+            params = [("_count", str(REPOINT_PAGE)), ("_cursor", str(cursor))]
+        written: list[str] = []
+        for start in range(0, len(entries), REPOINT_PAGE):
+            chunk = entries[start:start + REPOINT_PAGE]
+            bundle = {"resourceType": "Bundle", "type": "transaction", "entry": chunk}
+            request = FhirRequest("POST", "", [], {"prefer": "return=minimal"}, bundle, self.base_url,
+                                  origin=self.connector.origin, principal=self.principal)
+            with self.gate.transaction():
+                response = self.router.dispatch(request)
+            if response.status in (409, 412) or response.status >= 500:
+                raise _Retry
+            if response.status >= 400:
+                category = next((c for c, m in CATEGORIES.items() if m.http_status == response.status), Category.INTERNAL)
+                raise _merge_error(_issue_code(response), "re-pointing the merged patient's resources was refused",
+                                   category)
+            written += _written(response)
+        if written:
+            log.info("hl7 merge: %d resources re-pointed from Patient/%s to %s", len(written), old_id, target)
+        return written
+
+    def _get(self, path: str, params: list[tuple[str, str]], with_links: bool = False) -> list[dict[str, Any]]:
+        """The matches of a read through the router (``with_links``: plus one last item holding the next
+        page's ``_cursor``)."""
+        response = self.router.dispatch(FhirRequest("GET", path, params, {}, None, self.base_url,
+                                                    principal=self.principal))
+        if response.status >= 500:
+            raise _Retry
+        if response.status >= 400:
+            raise _merge_error(_issue_code(response), "the merged patient's resources could not be read")
+        body = orjson.loads(response.body or b"{}")
+        out = [e["resource"] for e in body.get("entry") or []
+               if (e.get("search") or {}).get("mode", "match") == "match" and isinstance(e.get("resource"), dict)]
+        if with_links:
+            nxt = next((str(lk.get("url") or "") for lk in body.get("link") or [] if lk.get("relation") == "next"), "")
+            cursor = dict(parse_qsl(urlsplit(nxt).query)).get("_cursor") if nxt else None
+            out.append({"_cursor": cursor})
+        return out
 
     def fhir_failure(self, response: FhirResponse, conversion: ConversionResult, index: list[int] | None = None) -> Hl7Error:
         """A refused FHIR transaction as an HL7 error: its category decides AE/AR (``CATEGORIES``);
@@ -354,6 +539,73 @@ class Pipeline:
 
 
 _SAFE_PATH = re.compile(r"[^A-Za-z0-9_.\[\]]")
+REPOINT_PAGE = 200  # resources read per page and written per transaction when a merge re-points references
+REPOINT_SKIP = frozenset({"Provenance"})  # records of what happened: they keep naming the old Patient
+
+
+class _Retry(Exception):
+    """The re-pointing met a concurrent change (412/409) or a transient failure: read and try again."""
+
+
+def _merge_error(code: str, text: str, category: Category = Category.INTERNAL) -> Hl7Error:
+    """A merge that committed but whose references could not be re-pointed: the message is not done (a resend
+    is processed again; the merge itself is then a no-op)."""
+    if category is Category.INTERNAL:
+        category = Category.UNPROCESSABLE
+    return hl7_error(category, code, f"ADT merge: {text} ({code})", location="MRG^1", hl7_code=E_APPLICATION)
+
+
+def _issue_code(response: FhirResponse) -> str:
+    try:
+        issue = (orjson.loads(response.body or b"{}").get("issue") or [{}])[0]
+        return str((((issue.get("details") or {}).get("coding")) or [{}])[0].get("code") or "FHIRHUB-ERROR")
+    except (orjson.JSONDecodeError, AttributeError, IndexError):
+        return "FHIRHUB-ERROR"
+
+
+def merged_patients(bundle: dict[str, Any]) -> list[str]:
+    """The request URL (``Patient?identifier=…``) of every Patient a converted Bundle links ``replaced-by``
+    another: the Patients an ADT^A40 merges away."""
+    out = []
+    for e in bundle.get("entry") or []:
+        res = e.get("resource") or {}
+        if res.get("resourceType") == "Patient" and any(
+                isinstance(lk, dict) and lk.get("type") == "replaced-by" for lk in res.get("link") or []):
+            url = (e.get("request") or {}).get("url")
+            if isinstance(url, str) and url.startswith("Patient?"):
+                out.append(url)
+    return out
+
+
+class _OldRef:
+    """Finds and rewrites references to one Patient (relative, versioned or absolute on this server)."""
+
+    def __init__(self, base_url: str, patient_id: str) -> None:
+        self.pattern = re.compile(rf"^(?:{re.escape(base_url.rstrip('/'))}/)?Patient/{re.escape(patient_id)}(?:/_history/[^/]+)?$")
+
+    def rewrite(self, resource: dict[str, Any], target: str) -> bool:
+        """Point every reference to the old Patient at ``target``, except a Patient's own ``link``s."""
+        changed = False
+        for key, value in resource.items():
+            if key in ("meta", "text", "contained") or (key == "link" and resource.get("resourceType") == "Patient"):
+                continue
+            changed = self._walk(value, target) or changed
+        return changed
+
+    def _walk(self, node: Any, target: str) -> bool:
+        changed = False
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "reference" and isinstance(value, str):
+                    if self.pattern.match(value):
+                        node[key] = target
+                        changed = True
+                elif isinstance(value, dict | list):
+                    changed = self._walk(value, target) or changed
+        elif isinstance(node, list):
+            for value in node:
+                changed = self._walk(value, target) or changed
+        return changed
 
 
 def oversized_error(limit: int) -> Hl7Error:

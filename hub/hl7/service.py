@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import threading
+import time
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from hub.app import Hub, Service
     from hub.hl7.listener import ListenerService
     from hub.hl7.sender import SenderService
+    from hub.subscriptions.workflows.connectors import OutboundMessage
 
 log = logging.getLogger("hub.hl7")
 
@@ -148,6 +151,61 @@ class Runtime:
         return queue_message(self.db, config, message)
 
 
+class WorkflowSender:
+    """A workflow ``message`` step's way out (``hub.subscriptions.workflows.connectors.MessageSender``): the
+    resource is mapped with the ``mllp-sender``'s outbound mapping files and queued on it durably
+    (:meth:`Runtime.send_v2`). The step's idempotency key is the message's identity: MSH-10 is derived
+    from it, so a retried step queues one message."""
+
+    def __init__(self, runtime: Runtime, connector: str) -> None:
+        self.runtime = runtime
+        self.connector = connector
+
+    @staticmethod
+    def control_id(idempotency_key: str) -> str:
+        return "WF" + hashlib.blake2b(idempotency_key.encode(), digest_size=9).hexdigest()  # 20 characters (ST)
+
+    async def send(self, message: OutboundMessage) -> str:
+        from hub.hl7.errors import Hl7Error
+        from hub.hl7.outbound import to_v2
+        from hub.subscriptions.workflows.connectors import MessageError
+
+        config = self.runtime.connectors.sender(self.connector)
+        if config is None:
+            raise MessageError(f"no enabled mllp-sender named {self.connector!r}", transient=False)
+        control_id = self.control_id(message.idempotency_key)
+        try:
+            text = to_v2(message.resource, message.event or "auto", message.related,
+                         self.runtime.mappings.get(config.mappings), control_id=control_id,
+                         timestamp=time.strftime("%Y%m%d%H%M%S+0000", time.gmtime()),
+                         sending_application=config.sending_application, sending_facility=config.sending_facility,
+                         receiving_application=config.receiving_application,
+                         receiving_facility=config.receiving_facility)
+        except Hl7Error as err:  # the resource cannot be expressed in v2 by these mapping files: the step fails
+            raise MessageError(f"{err.code}: {err.message}", transient=False) from None
+        try:
+            pk = await asyncio.to_thread(self.runtime.send_v2, self.connector, text)
+        except ValueError as exc:
+            raise MessageError(str(exc), transient=False) from None
+        except Exception as exc:  # noqa: BLE001 - the store is unavailable: the workflow retries
+            raise MessageError(f"the message could not be queued ({type(exc).__name__})", transient=True) from None
+        log.info("workflow message %s queued on %s (message %d)", control_id, self.connector, pk)
+        return control_id
+
+
+def register_workflow_senders(hub: Hub, runtime: Runtime) -> list[str]:
+    """Make every enabled ``mllp-sender`` available to workflow ``message`` steps (the subscription
+    service's ``register_sender``), when the hub runs one. Returns the names registered."""
+    names: list[str] = []
+    for service in hub.services:
+        register = getattr(service, "register_sender", None)
+        if callable(register):
+            for c in runtime.connectors.senders:
+                register(c.name, WorkflowSender(runtime, c.name))
+                names.append(c.name)
+    return names
+
+
 class RuntimeService:
     """The runtime as a :class:`hub.app.Service` (started first, stopped last)."""
 
@@ -178,6 +236,7 @@ def services(hub: Hub) -> list[Service]:
     if not connectors.listeners and not connectors.senders:
         return []
     runtime = Runtime(hub, connectors, settings)
+    register_workflow_senders(hub, runtime)  # the subscription service comes first in hub.services
     for directory in [c.mappings for c in connectors.listeners] + [c.mappings for c in connectors.senders]:
         runtime.mappings.get(directory)  # a broken mapping file stops the start, with file and line
     return [RuntimeService(runtime), *runtime.connector_services()]

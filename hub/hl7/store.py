@@ -140,7 +140,8 @@ _RETRY = "UPDATE hl7_message SET raw = {p}, raw_hash = {p}, peer = {p}, status =
 _DUPS = "UPDATE hl7_message SET duplicates = duplicates + {p} WHERE pk = {p}"
 _FINISH = ("UPDATE hl7_message SET status = {p}, ack_code = {p}, ack = {p}, error_code = {p}, error_location = {p}, "
            "detail = {p}, resources = {p}, bundle = {p}, patient_key = {p}, processed = {p}, "
-           "message_type = coalesce({p}, message_type), attempts = attempts + 1 WHERE pk = {p}")
+           "message_type = coalesce({p}, message_type), ack_delivery = coalesce({p}, ack_delivery), "
+           "attempts = attempts + 1 WHERE pk = {p}")
 
 
 _CONFLICT_INSERT = (
@@ -262,6 +263,9 @@ class Outcome:
     bundle: bytes | None = None  # the Bundle's JSON as converted (compressed when stored)
     patient_key: str | None = None
     processed: int = 0
+    # "undelivered": the application ACK is known to have no connection to go to (enhanced mode, a message
+    # processed after a restart); None leaves the stored value as it is
+    ack_delivery: str | None = None
 
 
 def finish(conn: Connection, outcomes: Sequence[Outcome]) -> None:
@@ -273,7 +277,7 @@ def finish(conn: Connection, outcomes: Sequence[Outcome]) -> None:
         (o.status, o.ack_code, o.ack, o.error_code, o.error_location[:64] if o.error_location else None, o.detail,
          " ".join(o.resources) or None, zlib.compress(o.bundle, 1) if o.bundle else None,
          o.patient_key[:300] if o.patient_key else None, o.processed or now,
-         o.message_type[:32] if o.message_type else None, o.pk)
+         o.message_type[:32] if o.message_type else None, o.ack_delivery, o.pk)
         for o in outcomes
     ])
 
@@ -289,6 +293,40 @@ def pending(conn: Connection, connector: str, limit: int = 1000, after: int = 0)
     )
 
 
+# ------------------------------------------------------------------------------------ application ACKs not delivered
+
+
+def mark_undelivered(conn: Connection, pks: Sequence[int]) -> None:
+    """Enhanced mode: these messages' application ACKs found their sender's connection gone."""
+    if pks:
+        conn.execute(update(message_t).where(M.pk.in_(list(pks))).values(ack_delivery="undelivered"))
+
+
+def mark_redelivered(conn: Connection, pks: Sequence[int]) -> int:
+    """These messages' stored application ACKs went out later (a reconnect, or the answer to a resend)."""
+    if not pks:
+        return 0
+    res = conn.execute(update(message_t).where(M.pk.in_(list(pks)), M.ack_delivery == "undelivered")
+                       .values(ack_delivery="redelivered"))
+    return int(res.rowcount or 0)
+
+
+def undelivered(conn: Connection, connector: str, sender: str, limit: int = 1000) -> list[Any]:
+    """The application ACKs still owed to ``sender`` (MSH-3/MSH-4) on ``connector``, oldest first."""
+    return list(conn.execute(
+        select(M.pk, M.control_id, M.peer, M.ack)
+        .where(M.ack_delivery == "undelivered", M.connector == connector, M.sender == sender, M.direction == "in",
+               M.ack.is_not(None))
+        .order_by(M.pk).limit(limit)
+    ))
+
+
+def undelivered_senders(conn: Connection, connector: str) -> set[str]:
+    """The senders owed application ACKs on ``connector``."""
+    return {str(s) for (s,) in conn.execute(
+        select(M.sender).where(M.ack_delivery == "undelivered", M.connector == connector).distinct())}
+
+
 def status_of(conn: Connection, pk: int) -> Any | None:
     return conn.execute(
         select(M.pk, M.status, M.ack_code, M.error_code, M.error_location, M.detail).where(M.pk == pk)
@@ -299,7 +337,7 @@ def status_of(conn: Connection, pk: int) -> Any | None:
 
 SUMMARY = (M.pk, M.direction, M.connector, M.sender, M.receiver, M.control_id, M.message_type, M.status, M.ack_code,
            M.error_code, M.error_location, M.received, M.processed, M.attempts, M.duplicates, M.peer, M.source,
-           M.next_attempt)
+           M.next_attempt, M.ack_delivery)
 
 
 @dataclass
@@ -311,6 +349,7 @@ class Query:
     connector: str | None = None
     direction: str | None = None
     error_code: str | None = None
+    ack_delivery: str | None = None  # undelivered | redelivered
     since: int | None = None  # received >= (µs)
     until: int | None = None  # received < (µs)
     before_pk: int | None = None  # paging: rows older than this
@@ -333,6 +372,8 @@ def _where(stmt: Any, q: Query) -> Any:
         stmt = stmt.where(M.direction == q.direction)
     if q.error_code:
         stmt = stmt.where(M.error_code == q.error_code)
+    if q.ack_delivery:
+        stmt = stmt.where(M.ack_delivery == q.ack_delivery)
     if q.since is not None:
         stmt = stmt.where(M.received >= q.since)
     if q.until is not None:

@@ -23,6 +23,7 @@ from hub.store.tables import PK, metadata
 # inbound: received -> applied | error | rejected      outbound: queued -> sent | dead
 IN_STATUSES = ("received", "applied", "error", "rejected")
 OUT_STATUSES = ("queued", "sent", "dead")
+ACK_DELIVERIES = ("undelivered", "redelivered")  # inbound application ACKs (enhanced mode) that missed their connection
 
 message_t = Table(
     "hl7_message",
@@ -52,8 +53,12 @@ message_t = Table(
     Column("resources", Text, nullable=True),  # space-separated Type/id/_history/v written
     Column("bundle", LargeBinary, nullable=True),  # zlib(JSON) of the transaction Bundle committed
     Column("detail", Text, nullable=True),  # error text (positions and codes only, never values)
+    # inbound, enhanced mode: NULL (sent, or not asked for), "undelivered" (the sender's connection was gone when the
+    # application ACK was to go out: it is sent when that sender connects again), "redelivered" (sent later)
+    Column("ack_delivery", String(16), nullable=True),
     UniqueConstraint("direction", "connector", "sender", "control_id", name="uq_hl7_message_dedup"),
     Index("ix_hl7_message_queue", "direction", "connector", "status", "pk"),
     Index("ix_hl7_message_received", "received"),
     Index("ix_hl7_message_error", "error_code"),
+    Index("ix_hl7_message_ack_delivery", "ack_delivery", "connector", "sender"),
 )

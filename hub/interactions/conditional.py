@@ -1,11 +1,30 @@
-"""Resolving conditional criteria (``Type?query``) through the search engine."""
+"""Resolving conditional criteria (``Type?query``) through the search engine.
+
+Conditional creates, updates and references run for most entries of a transaction (an HL7v2
+message names its patient, encounter, practitioner and room by business identifier), so the
+common shape, plain parameters matched by equality in the index tables (``identifier=system|value``),
+is answered by one driver-level SQL statement built from the search engine's own parsed query:
+the same clauses, the same index rows, the same order (``pk``); building and compiling the
+SQLAlchemy expression cost several times more than running it. Anything else (chains, ``_has``,
+``:missing``, ranges, composites, long OR lists) goes to :meth:`SearchEngine.find` as before.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from sqlalchemy import Connection
 
 from hub.errors import Category, FhirError
 from hub.interactions.context import Context
+from hub.search.engine import _parse_qs
+from hub.search.query import And, Cmp, Cond, In, IsNull, Not, Or, ParamClause, parse_query
+from hub.search.tables import TABLE_BY_TYPE
+
+_FAST_TABLES = frozenset({"token", "reference", "uri", "string"})  # equality / prefix look-ups
+_MAX_VALUES = 100  # the engine's OR_CHUNK: longer OR lists go to the engine
 
 
 def find(ctx: Context, conn: Connection, res_type: str, criteria: str) -> list[str]:
@@ -14,6 +33,12 @@ def find(ctx: Context, conn: Connection, res_type: str, criteria: str) -> list[s
     criteria = criteria.split("?", 1)[1] if "?" in criteria else criteria
     if not criteria.strip():
         raise FhirError(Category.INVALID, "FHIRHUB-CONDITIONAL-EMPTY", "Conditional criteria must not be empty")
+    memo: dict[tuple[str, str], list[str]] | None = conn.info.get(_MEMO)
+    if memo is not None and (res_type, criteria) in memo:
+        return list(memo[(res_type, criteria)])
+    fast = _fast_find(ctx, conn, res_type, criteria)
+    if fast is not None:
+        return fast
     return [res_id for _, res_id in ctx.search.find(conn, res_type, criteria)]
 
 
@@ -27,3 +52,124 @@ def match_one(ctx: Context, conn: Connection, res_type: str, criteria: str) -> s
             f"The criteria match {len(ids)} {res_type} resources; they must match at most one",
         )
     return ids[0] if ids else None
+
+
+# --------------------------------------------------------------------------- several look-ups at once
+_MEMO = "fhirhub.conditional"
+
+
+def prefetch(ctx: Context, conn: Connection, refs: Sequence[str]) -> None:
+    """Resolve many ``Type?criteria`` in **one** statement and keep the answers on ``conn`` for :func:`find`,
+    until :func:`forget`. Only for a stretch of planning that writes nothing in between (the answers would
+    go stale): :func:`hub.interactions.transaction.process_many` plans a wave of Bundles this way. Criteria
+    the common shape does not cover are left to :func:`find` as usual."""
+    if ctx.search is None:
+        return
+    pg = conn.dialect.name != "sqlite"
+    parts: list[tuple[str, list[Any]]] = []
+    keys: list[tuple[str, str]] = []
+    for ref in dict.fromkeys(refs):
+        res_type, _, criteria = ref.partition("?")
+        if not criteria.strip():
+            continue
+        built = _fast_sql(ctx, res_type, criteria, pg)
+        if built is None:
+            continue
+        sql, values = built
+        parts.append((f"SELECT {len(keys)} AS q, pk, res_id FROM ({sql}) AS m{len(keys)}", values))
+        keys.append((res_type, criteria))
+    memo: dict[tuple[str, str], list[str]] = {k: [] for k in keys}
+    for i in range(0, len(parts), 200):  # SQLite allows 500 compound SELECTs
+        chunk = parts[i : i + 200]
+        cur: Any = conn.connection.cursor()
+        try:
+            cur.execute(" UNION ALL ".join(sql for sql, _ in chunk) + " ORDER BY q, pk", [v for _, vs in chunk for v in vs])
+            for q, _, rid in cur.fetchall():
+                memo[keys[int(q)]].append(str(rid))
+        finally:
+            cur.close()
+    for (res_type, criteria), ids in list(memo.items()):  # as a conditional update's URL reaches find()
+        memo.setdefault((res_type, urlencode(parse_qsl(criteria, keep_blank_values=True))), ids)
+    conn.info[_MEMO] = memo
+
+
+def forget(conn: Connection) -> None:
+    conn.info.pop(_MEMO, None)
+
+
+# --------------------------------------------------------------------------- the common shape in driver SQL
+def _fast_find(ctx: Context, conn: Connection, res_type: str, criteria: str) -> list[str] | None:
+    """The matches of simple criteria in one driver-level statement; None when the engine must answer
+    (including every case where it would raise: unknown type, no clause, a bad parameter)."""
+    built = _fast_sql(ctx, res_type, criteria, conn.dialect.name != "sqlite")
+    if built is None:
+        return None
+    sql, params = built
+    cur: Any = conn.connection.cursor()
+    try:
+        cur.execute(sql, params)
+        return [str(rid) for _, rid in cur.fetchall()]
+    finally:
+        cur.close()
+
+
+def _fast_sql(ctx: Context, res_type: str, criteria: str, pg: bool) -> tuple[str, list[Any]] | None:
+    """``SELECT pk, res_id ... ORDER BY pk`` for simple criteria, with its parameters (None: not simple)."""
+    engine: Any = ctx.search
+    registry = getattr(engine, "registry", None)
+    if registry is None or res_type not in registry.resource_types:
+        return None
+    try:
+        q = parse_query(registry, (res_type,), _parse_qs(criteria), strict=True)
+    except FhirError:
+        return None  # the engine raises the same error, with its own wording
+    if not q.clauses:
+        return None
+    p = "%s" if pg else "?"
+    where: list[str] = []
+    params: list[Any] = [False, res_type]
+    for c in q.clauses:
+        if not isinstance(c, ParamClause) or c.missing is not None or c.components or c.table not in _FAST_TABLES:
+            return None
+        conds = c.value_conds()
+        if not conds or len(conds) > _MAX_VALUES:
+            return None
+        parts: list[str] = []
+        for cond in conds:
+            sql = _cond_sql(cond, p, params)
+            if sql is None:
+                return None
+            parts.append(sql)
+        table = TABLE_BY_TYPE[c.table].name
+        test = f"pk IN (SELECT resource_pk FROM {table} WHERE {' OR '.join(parts) if len(parts) > 1 else parts[0]})"
+        where.append(f"NOT ({test})" if c.negate else test)
+    sql = f"SELECT pk, res_id FROM resource WHERE deleted = {p} AND res_type = {p} AND {' AND '.join(where)}"
+    return sql + " ORDER BY pk", params
+
+
+_OPS = frozenset({"=", "!=", "<", "<=", ">", ">="})
+
+
+def _cond_sql(c: Cond, p: str, params: list[Any]) -> str | None:
+    """A :data:`Cond` as SQL over an index table's own columns (None: a shape left to the engine)."""
+    if isinstance(c, Cmp):
+        if c.op not in _OPS or not c.col.isidentifier():
+            return None
+        params.append(c.value)
+        return f"{c.col} {c.op} {p}"
+    if isinstance(c, In):
+        if not c.values or not c.col.isidentifier():
+            return None
+        params.extend(c.values)
+        return f"{c.col} IN ({', '.join([p] * len(c.values))})"
+    if isinstance(c, IsNull):
+        return f"{c.col} IS NULL" if c.null else f"{c.col} IS NOT NULL"
+    if isinstance(c, And | Or):
+        inner = [_cond_sql(x, p, params) for x in c.items]
+        if not inner or any(x is None for x in inner):
+            return None
+        return "(" + (" AND " if isinstance(c, And) else " OR ").join(x for x in inner if x is not None) + ")"
+    if isinstance(c, Not):
+        inner_sql = _cond_sql(c.item, p, params)
+        return None if inner_sql is None else f"NOT ({inner_sql})"
+    return None  # Contains (LIKE with escapes) and anything new

@@ -24,6 +24,7 @@ class FhirRequest:
     origin: str | None = None  # what caused the change (connector name), carried to the outbox
     principal: Principal = field(default_factory=Principal.system)  # who is asking, and what it may do
     in_transaction: bool = False  # an entry of a transaction Bundle (conditional references allowed)
+    validated: bool = False  # the body was validated before the write transaction (transaction.prevalidate)
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)

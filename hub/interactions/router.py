@@ -8,6 +8,8 @@ OperationOutcome, logged by error code and type without resource content.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from hub.interactions.request import FhirRequest, FhirResponse, Planned
 from hub.security import audit
 from hub.security.audit import AuditRecord, outcome_code
 from hub.security.policy import AUDIT_TYPE, authorize, authorize_subscription
-from hub.store.repository import WriteResult
+from hub.store.repository import Change, WriteResult
 
 log = logging.getLogger("hub.router")
 
@@ -41,6 +43,7 @@ class Route:
     operation: str | None = None
 
 
+@functools.lru_cache(maxsize=4096)  # a Route is immutable; failures are not cached (they raise)
 def resolve(method: str, path: str) -> Route:
     parts = [p for p in path.strip("/").split("/") if p]
     method = "GET" if method == "HEAD" else method
@@ -127,35 +130,72 @@ class FhirRouter:
 
                 return transaction.process(self, req)  # audits itself, entry by entry
             if route.kind in WRITE_KINDS:
-                write_route = route
-
-                def work(conn: Connection) -> tuple[Planned, WriteResult | None]:
-                    planned = self.plan(conn, req, write_route)
-                    result = self.ctx.repo.write(conn, planned.change) if planned.change is not None else None
-                    if self.ctx.audit is not None:
-                        self.ctx.audit.write(conn, [self.write_record(req, write_route, result, planned.entry_url)])
-                    return planned, result
-
-                planned, result = self.ctx.db.run_write(work)
-                # committed: only now is the answer built, and consumers of the outbox woken
-                if result is not None and result.outcome in ("created", "updated", "deleted"):
-                    self.ctx.changes.notify()
-                return planned.respond(result)
+                planned, result = self.ctx.db.run_write(self._write_work(req, route))
+                return self._written(planned, result)
             with self.ctx.db.read_once() if route.kind in SINGLE_READS else self.ctx.db.read() as conn:
                 response = self.query(conn, req, route)
             self.audit_later(req, route, response.status)
             return response
-        except FhirError as err:
-            if err.category is Category.INTERNAL:
-                log.error("request failed code=%s", err.code)
-            self.audit_later(req, route, err.http_status, err.code)
-            return FhirResponse.error(err)
-        except Exception as exc:  # noqa: BLE001 - the edge: never a stack trace to the client
-            # The message and traceback may hold resource values (SQL parameters): DEBUG only.
-            log.error("unexpected error type=%s path=%s", type(exc).__name__, route.kind if route else "-")
-            log.debug("unexpected error detail", exc_info=exc)
-            self.audit_later(req, route, 500, "FHIRHUB-INTERNAL")
-            return FhirResponse.error(FhirError(Category.INTERNAL, "FHIRHUB-INTERNAL", "Internal server error"))
+        except Exception as exc:  # noqa: BLE001 - the edge: every failure becomes an OperationOutcome
+            return self._failed(req, route, exc)
+
+    def is_write(self, req: FhirRequest) -> bool:
+        """A single-resource write (create, update, patch, delete): :meth:`dispatch_write` can run it."""
+        try:
+            return resolve(req.method, req.path).kind in WRITE_KINDS
+        except FhirError:
+            return False
+
+    async def dispatch_write(self, req: FhirRequest) -> FhirResponse:
+        """:meth:`dispatch` for a single-resource write, awaiting the commit instead of blocking a thread.
+
+        The unit of work is the same; it goes to :meth:`Database.submit` (on SQLite, the writer thread that
+        group-commits), and the answer is built once the commit holding it is done.
+        """
+        route: Route | None = None
+        try:
+            route = resolve(req.method, req.path)
+            prepared = None
+            if route.kind == "create" and route.res_type is not None:
+                authorize(req.principal, route.kind, route.res_type)  # before validation: no answers to the unauthorized
+                prepared = create.prepare(self.ctx, req, route.res_type)
+            elif route.kind == "update" and route.res_type is not None and route.res_id is not None:
+                authorize(req.principal, route.kind, route.res_type)
+                update.prevalidate(self.ctx, req, route.res_type, route.res_id)
+            work = self._write_work(req, route, prepared)
+            planned, result = await asyncio.wrap_future(self.ctx.db.submit(work))
+            return self._written(planned, result)
+        except Exception as exc:  # noqa: BLE001 - the edge: every failure becomes an OperationOutcome
+            return self._failed(req, route, exc)
+
+    def _write_work(self, req: FhirRequest, route: Route,
+                    prepared: Change | None = None) -> Callable[[Connection], tuple[Planned, WriteResult | None]]:
+        def work(conn: Connection) -> tuple[Planned, WriteResult | None]:
+            planned = self.plan(conn, req, route, prepared=prepared)
+            result = self.ctx.repo.write(conn, planned.change) if planned.change is not None else None
+            if self.ctx.audit is not None:
+                self.ctx.audit.write(conn, [self.write_record(req, route, result, planned.entry_url)])
+            return planned, result
+
+        return work
+
+    def _written(self, planned: Planned, result: WriteResult | None) -> FhirResponse:
+        # committed: only now is the answer built, and consumers of the outbox woken
+        if result is not None and result.outcome in ("created", "updated", "deleted"):
+            self.ctx.changes.notify()
+        return planned.respond(result)
+
+    def _failed(self, req: FhirRequest, route: Route | None, exc: Exception) -> FhirResponse:
+        if isinstance(exc, FhirError):
+            if exc.category is Category.INTERNAL:
+                log.error("request failed code=%s", exc.code)
+            self.audit_later(req, route, exc.http_status, exc.code)
+            return FhirResponse.error(exc)
+        # The message and traceback may hold resource values (SQL parameters): DEBUG only.
+        log.error("unexpected error type=%s path=%s", type(exc).__name__, route.kind if route else "-")
+        log.debug("unexpected error detail", exc_info=exc)
+        self.audit_later(req, route, 500, "FHIRHUB-INTERNAL")
+        return FhirResponse.error(FhirError(Category.INTERNAL, "FHIRHUB-INTERNAL", "Internal server error"))
 
     # ------------------------------------------------------------------ audit
     def audit_record(self, req: FhirRequest, route: Route | None, status: int, detail: str | None = None,
@@ -183,11 +223,15 @@ class FhirRouter:
             self.ctx.audit.enqueue(self.audit_record(req, route, status, detail))
 
     # ---------------------------------------------------------------- writes
-    def plan(self, conn: Connection, req: FhirRequest, route: Route, *, location: str | None = None) -> Planned:
+    def plan(self, conn: Connection, req: FhirRequest, route: Route, *, location: str | None = None,
+             prepared: Change | None = None) -> Planned:
         ctx = self.ctx
         assert route.res_type is not None
         authorize(req.principal, route.kind, route.res_type)
-        planned = self._plan(conn, req, route, location)
+        if prepared is not None and route.kind == "create":
+            planned = create.plan(ctx, conn, req, route.res_type, location=location, prepared=prepared)
+        else:
+            planned = self._plan(conn, req, route, location)
         change = planned.change
         if route.res_type == "Subscription" and change is not None and change.resource is not None:
             disclosed = ctx.subscription_types(change.resource) if ctx.subscription_types else frozenset()

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -28,9 +30,12 @@ from sqlalchemy import Connection
 from hub.errors import Category, FhirError, Issue, invalid, operation_outcome
 from hub.fhir.bundle import Entry, assemble
 from hub.interactions import conditional
+from hub.interactions.common import check_id, check_type, validate
 from hub.interactions.request import FhirRequest, FhirResponse, Planned
 from hub.interactions.router import Route
-from hub.store.repository import instant
+from hub.security.audit import AuditRecord
+from hub.security.policy import authorize
+from hub.store.repository import WriteResult, instant
 
 if TYPE_CHECKING:
     from hub.interactions.router import FhirRouter
@@ -176,7 +181,16 @@ def _batch(router: FhirRouter, req: FhirRequest, entries: list[Any]) -> FhirResp
 
 # --------------------------------------------------------------------------- transaction
 def _transaction(router: FhirRouter, req: FhirRequest, entries: list[Any]) -> FhirResponse:
-    ctx = router.ctx
+    items = _items(req, entries)
+    prevalidate(router, items)
+    responses: dict[int, FhirResponse] = {}
+    router.ctx.db.run_write(_work(router, req, items, responses))
+    # committed
+    router.ctx.changes.notify()
+    return _response(req, entries, items, responses)
+
+
+def _items(req: FhirRequest, entries: list[Any]) -> list[_Item]:
     items: list[_Item] = []
     for i, entry in enumerate(entries):
         try:
@@ -186,53 +200,276 @@ def _transaction(router: FhirRouter, req: FhirRequest, entries: list[Any]) -> Fh
         sub.in_transaction = True
         items.append(_Item(i, entry, sub, route))
     items.sort(key=lambda it: ORDER[it.request.method])
-    responses: dict[int, FhirResponse] = {}
+    return items
+
+
+def prevalidate(router: FhirRouter, items: list[_Item]) -> None:
+    """Validate, before the write transaction, the entry resources that planning would validate whatever the
+    database holds: creates without ``ifNoneExist`` (a match is answered without validating) and updates by id
+    whose URL and body ids agree. On SQLite the single writer then spends its turn on planning and SQL only.
+    Entries that would fail authorization or the checks before validation are left to planning, which raises
+    the same error it always did; a validation error here is located at the entry as planning locates it."""
+    ctx = router.ctx
+    for it in items:
+        r, route = it.request, it.route
+        body = r.body
+        if route.res_type is None or not isinstance(body, dict) or body.get("resourceType") != route.res_type:
+            continue
+        if route.kind == "create" and not r.header("if-none-exist"):
+            resource = {k: v for k, v in body.items() if k != "id"}
+        elif route.kind == "update" and route.res_id is not None and not r.params and body.get("id") == route.res_id:
+            resource = body
+        else:
+            continue
+        try:
+            authorize(r.principal, route.kind, route.res_type)
+            check_type(ctx, route.res_type)
+            if route.kind == "update":
+                check_id(route.res_id or "")
+        except FhirError:
+            continue  # planning raises it, in its own order
+        try:
+            validate(ctx, resource, f"Bundle.entry[{it.index}].resource", in_transaction=True)
+        except FhirError as err:
+            raise _located(err, it.index) from None
+        r.validated = True
+
+
+def _work(router: FhirRouter, req: FhirRequest, items: list[_Item], responses: dict[int, FhirResponse]) -> Callable[[Connection], None]:
+    """The unit of work of one transaction Bundle: plan every entry, rewrite references, write, read, audit."""
+    ctx = router.ctx
 
     def work(conn: Connection) -> None:
-        plans: list[tuple[_Item, Planned]] = []
-        idmap: dict[str, str] = {}
-        for it in items:
-            if it.request.method in ("GET", "HEAD"):
-                continue
-            try:
-                planned = router.plan(conn, it.request, it.route, location=f"Bundle.entry[{it.index}].resource")
-            except FhirError as err:
-                raise _located(err, it.index) from None
-            plans.append((it, planned))
-            full_url = it.entry.get("fullUrl")
-            if isinstance(full_url, str) and planned.entry_url:
-                idmap[full_url] = planned.entry_url
-        resolver = _References(router, conn, idmap)
-        for it, planned in plans:
-            if planned.change is not None and planned.change.resource is not None and resolver.may_apply(planned.change.resource):
-                try:
-                    resolver.rewrite(planned.change.resource)
-                except FhirError as err:
-                    raise _located(err, it.index) from None
-        changes = [p.change for _, p in plans if p.change is not None]
-        results = iter(ctx.repo.write_many(conn, changes))
-        records = [router.audit_record(req, _TX, 200, entities=[])]
-        for it, planned in plans:
-            result = next(results) if planned.change is not None else None
-            records.append(router.write_record(it.request, it.route, result, planned.entry_url))
-            responses[it.index] = planned.respond(result)
-        for it in items:
-            if it.request.method in ("GET", "HEAD"):
-                try:
-                    responses[it.index] = router.query(conn, it.request, it.route)
-                except FhirError as err:
-                    raise _located(err, it.index) from None
-                records.append(router.audit_record(it.request, it.route, responses[it.index].status))
+        plans = _plan(router, conn, items)
+        results = ctx.repo.write_many(conn, [p.change for _, p in plans if p.change is not None])
+        records = _answer(router, conn, req, items, plans, results, responses)
         if ctx.audit is not None:  # one insert for the transaction and all its entries, committed with them
             ctx.audit.write(conn, records)
 
-    ctx.db.run_write(work)
-    # committed
-    ctx.changes.notify()
+    return work
+
+
+def _plan(router: FhirRouter, conn: Connection, items: list[_Item]) -> list[tuple[_Item, Planned]]:
+    """Plan every write entry (ids, conditional matches, validation) and rewrite the references between them."""
+    plans: list[tuple[_Item, Planned]] = []
+    idmap: dict[str, str] = {}
+    for it in items:
+        if it.request.method in ("GET", "HEAD"):
+            continue
+        try:
+            planned = router.plan(conn, it.request, it.route, location=f"Bundle.entry[{it.index}].resource")
+        except FhirError as err:
+            raise _located(err, it.index) from None
+        plans.append((it, planned))
+        full_url = it.entry.get("fullUrl")
+        if isinstance(full_url, str) and planned.entry_url:
+            idmap[full_url] = planned.entry_url
+    resolver = _References(router, conn, idmap)
+    for it, planned in plans:
+        if planned.change is not None and planned.change.resource is not None and resolver.may_apply(planned.change.resource):
+            try:
+                resolver.rewrite(planned.change.resource)
+            except FhirError as err:
+                raise _located(err, it.index) from None
+    return plans
+
+
+def _answer(router: FhirRouter, conn: Connection, req: FhirRequest, items: list[_Item], plans: list[tuple[_Item, Planned]],
+            written: Sequence[WriteResult], responses: dict[int, FhirResponse]) -> list[AuditRecord]:
+    """The entries' responses (writes, then reads, which see the writes) and the audit records of the Bundle."""
+    results = iter(written)
+    records = [router.audit_record(req, _TX, 200, entities=[])]
+    for it, planned in plans:
+        result = next(results) if planned.change is not None else None
+        records.append(router.write_record(it.request, it.route, result, planned.entry_url))
+        responses[it.index] = planned.respond(result)
+    for it in items:
+        if it.request.method in ("GET", "HEAD"):
+            try:
+                responses[it.index] = router.query(conn, it.request, it.route)
+            except FhirError as err:
+                raise _located(err, it.index) from None
+            records.append(router.audit_record(it.request, it.route, responses[it.index].status))
+    return records
+
+
+def _response(req: FhirRequest, entries: list[Any], items: list[_Item], responses: dict[int, FhirResponse]) -> FhirResponse:
     with_body = _wants_body(req)
     reads = {it.index for it in items if it.request.method in ("GET", "HEAD")}
     out = [response_entry(responses[i], req, with_body=with_body or i in reads) for i in range(len(entries))]
     return FhirResponse(200, assemble("transaction-response", out))
+
+
+# --------------------------------------------------------------------------- several transactions, one commit
+def process_many(router: FhirRouter, reqs: Sequence[FhirRequest],
+                 within: Callable[[Connection, list[FhirResponse]], None] | None = None) -> list[FhirResponse]:
+    """Several transaction Bundles committed in **one** database transaction, each all-or-nothing on its own.
+
+    For callers that have many small, independent transactions at once (the HL7v2 listeners): each
+    Bundle runs exactly as :func:`process` would run it (same planning, writes, audit records),
+    inside its own SAVEPOINT; one that fails is rolled back to its savepoint alone and gets the
+    response :meth:`FhirRouter.dispatch` would give it, the others still commit. Bundles are applied
+    in the given order, so a later one sees what an earlier one wrote. ``within(conn, responses)``
+    runs last, in the same database transaction (the caller records its own outcome atomically with
+    the writes). Nothing is answered before the commit; if the commit itself (or ``within``) fails,
+    the exception propagates and nothing of the batch is kept.
+    """
+    ctx = router.ctx
+    responses: list[FhirResponse | None] = [None] * len(reqs)
+    errors: dict[int, Exception] = {}
+    units: list[_Unit] = []
+    for n, req in enumerate(reqs):
+        try:
+            bundle = req.body
+            if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
+                raise invalid("FHIRHUB-BUNDLE-TYPE", "Bundle.type must be transaction", "Bundle.type")
+            entries = bundle.get("entry") or []
+            if not isinstance(entries, list):
+                raise invalid("FHIRHUB-BUNDLE-ENTRY", "Bundle.entry must be an array", "Bundle.entry")
+            limit = ctx.settings.max_bundle_entries
+            if len(entries) > limit:
+                raise FhirError(Category.TOO_LARGE, "FHIRHUB-BUNDLE-TOO-MANY-ENTRIES", f"A transaction may hold at most {limit} entries")
+            items = _items(req, entries)
+            prevalidate(router, items)
+            units.append(_Unit(n, entries, items, {}, _keys(items)))
+        except Exception as exc:  # noqa: BLE001 - answered like dispatch answers it
+            errors[n] = exc
+
+    def alone(conn: Connection, unit: _Unit) -> None:
+        savepoint = conn.begin_nested()
+        try:
+            _work(router, reqs[unit.n], unit.items, unit.answers)(conn)
+        except Exception as exc:  # noqa: BLE001 - this Bundle alone is rolled back
+            savepoint.rollback()
+            errors[unit.n] = exc
+            unit.answers.clear()
+        else:
+            savepoint.commit()
+            errors.pop(unit.n, None)
+            responses[unit.n] = _response(reqs[unit.n], unit.entries, unit.items, unit.answers)
+
+    def work(conn: Connection) -> None:
+        pending = units
+        while pending:
+            wave: list[_Unit] = []
+            later: list[_Unit] = []
+            taken: set[str] = set()
+            for unit in pending:  # Bundles naming none of the same resources are planned and written together
+                if unit.keys is None or unit.keys & taken:
+                    later.append(unit)
+                else:
+                    taken |= unit.keys
+                    wave.append(unit)
+            if len(wave) <= 1:
+                for unit in [*wave, *later]:
+                    alone(conn, unit)
+                return
+            for unit in _wave(router, conn, reqs, wave, responses):
+                alone(conn, unit)  # not in the wave after all: on its own, after it
+            pending = later
+
+    def run(conn: Connection) -> None:
+        work(conn)
+        if within is not None:
+            within(conn, [r if r is not None else _error_response(errors[n]) for n, r in enumerate(responses)])
+
+    ctx.db.run_write(run)
+    # committed
+    if len(errors) < len(reqs):
+        ctx.changes.notify()
+    for n, failure in errors.items():
+        responses[n] = router._failed(reqs[n], _TX, failure)  # logged and audited as dispatch does
+    return [r if r is not None else _error_response(errors.get(n)) for n, r in enumerate(responses)]
+
+
+@dataclass
+class _Unit:
+    """One Bundle of :func:`process_many`."""
+
+    n: int
+    entries: list[Any]
+    items: list[_Item]
+    answers: dict[int, FhirResponse]
+    keys: set[str] | None  # the resources it names (conditional criteria, Type/id); None: never in a wave
+
+
+_CONDITIONAL_REF = re.compile(rb'"reference":"([A-Z][A-Za-z]+\?[^"]*)"')
+
+
+def _keys(items: list[_Item]) -> set[str] | None:
+    """What a Bundle names: the URL of each update/patch/delete (``Type/id`` or ``Type?criteria``), the
+    criteria of each conditional create, each conditional reference. None for Bundles with reads."""
+    keys: set[str] = set()
+    for it in items:
+        method = it.request.method
+        if method in ("GET", "HEAD"):
+            return None
+        res_type = it.route.res_type or ""
+        request = it.entry.get("request") or {}
+        if method == "POST":
+            criteria = request.get("ifNoneExist")
+            if isinstance(criteria, str):
+                keys.add(f"{res_type}?{criteria.split('?', 1)[-1]}")
+        else:
+            keys.add(str(request.get("url") or ""))
+        if isinstance(it.request.body, dict):
+            keys.update(m.decode() for m in _CONDITIONAL_REF.findall(orjson.dumps(it.request.body)))
+    return keys
+
+
+def _wave(router: FhirRouter, conn: Connection, reqs: Sequence[FhirRequest], wave: list[_Unit],
+          responses: list[FhirResponse | None]) -> list[_Unit]:
+    """Independent Bundles planned together and written with **one** ``write_many`` (and one audit insert)
+    inside one savepoint: the round trips of a write are paid once for the wave. Returns the Bundles to
+    apply on their own afterwards: any that failed here (it gets its own answer there, seeing the
+    wave's writes), any whose planned resources collide with an earlier one's, or all of them when
+    the wave's write failed."""
+    ctx = router.ctx
+    savepoint = conn.begin_nested()
+    retry: list[_Unit] = []
+    try:
+        conditional.prefetch(ctx, conn, [k for unit in wave for k in (unit.keys or ()) if "?" in k])
+        try:
+            planned: list[tuple[_Unit, list[tuple[_Item, Planned]]]] = []
+            ids: set[tuple[str, str]] = set()
+            for unit in wave:
+                try:
+                    plans = _plan(router, conn, unit.items)
+                except FhirError:
+                    retry.append(unit)
+                    continue
+                mine = {(p.change.res_type, p.change.res_id) for _, p in plans if p.change is not None}
+                if mine & ids:
+                    retry.append(unit)
+                    continue
+                ids |= mine
+                planned.append((unit, plans))
+        finally:
+            conditional.forget(conn)  # the look-ups are only valid until the first write
+        changes = [p.change for _, plans in planned for _, p in plans if p.change is not None]
+        written = iter(ctx.repo.write_many(conn, changes))
+        records: list[AuditRecord] = []
+        for unit, plans in planned:
+            mine_written = [next(written) for _, p in plans if p.change is not None]
+            records.extend(_answer(router, conn, reqs[unit.n], unit.items, plans, mine_written, unit.answers))
+        if ctx.audit is not None:
+            ctx.audit.write(conn, records)
+    except Exception:  # noqa: BLE001 - nothing of the wave is kept; each Bundle on its own
+        savepoint.rollback()
+        for unit in wave:
+            unit.answers.clear()
+        return wave
+    savepoint.commit()
+    for unit, _ in planned:
+        responses[unit.n] = _response(reqs[unit.n], unit.entries, unit.items, unit.answers)
+    return retry
+
+
+def _error_response(exc: Exception | None) -> FhirResponse:
+    """What :meth:`FhirRouter._failed` answers, without its logging and audit (for ``within``)."""
+    if isinstance(exc, FhirError):
+        return FhirResponse.error(exc)
+    return FhirResponse.error(FhirError(Category.INTERNAL, "FHIRHUB-INTERNAL", "Internal server error"))
 
 
 class _References:

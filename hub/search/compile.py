@@ -9,17 +9,36 @@ text is ever built from input. The shapes:
 * a composite: the first component's rows, with an ``EXISTS`` per further
   component on the same ``(resource_pk, grp)``;
 * a chain ``subject:Patient.name=x``: reference rows whose ``target_id`` is
-  ``IN (SELECT res_id FROM resource s WHERE s.res_type='Patient' AND <inner on s>)``;
+  ``IN (SELECT res_id FROM resource s WHERE s.res_type='Patient' AND <inner on s>)``, one
+  sub-select per target type joined by ``UNION ALL`` (``subject.identifier`` chains to Patient and Group);
 * ``_has:Observation:patient:code=x``: ``r.res_id IN (SELECT target_id FROM
   idx_reference WHERE … AND resource_pk IN (<Observations matching code=x>))``.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Select, and_, exists, false, func, not_, or_, select, true
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    FromClause,
+    Select,
+    and_,
+    exists,
+    false,
+    func,
+    not_,
+    or_,
+    select,
+    true,
+    union_all,
+)
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import literal
+from sqlalchemy.sql.selectable import ScalarSelect
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from hub.search.query import (
     And,
@@ -103,6 +122,24 @@ def _point(c: Cond, col: Any) -> ColumnElement[bool]:
 
 OR_CHUNK = 100
 
+_ALIASES: dict[tuple[str, str], Any] = {}
+_ALIAS_LOCK = threading.Lock()
+
+
+def alias(table: Any, name: str) -> Any:
+    """``table.alias(name)``, made once: an alias builds a proxy per column on first use, which a
+    query pays for every table it names; the objects are immutable and shared by every statement."""
+    key = (table.name, name)
+    found = _ALIASES.get(key)
+    if found is None:
+        with _ALIAS_LOCK:
+            found = _ALIASES.get(key)
+            if found is None:
+                found = table.alias(name)
+                _ = found.c  # populate the column collection before another thread can see it
+                _ALIASES[key] = found
+    return found
+
 
 #: value types whose conditions are ranges: a poor driver for a query, a cheap per-row check
 RANGE_TABLES = frozenset({"date", "number", "quantity"})
@@ -120,6 +157,38 @@ def is_anchor(c: Clause) -> bool:
     )
 
 
+class InArray(ColumnElement[bool]):
+    """``col IN (SELECT …)`` for a set expected to be small; on PostgreSQL ``col = ANY(ARRAY(SELECT …))``.
+
+    PostgreSQL estimates a window ``low < :end AND (high > :start …)`` as if its bounds were
+    independent (thousands of rows for a week of Appointments that holds a dozen), then walks the
+    whole primary key in order to fill a page of 50. ``ARRAY(…)`` runs the sub-select first, once,
+    and probes the key for its rows only.
+    """
+
+    inherit_cache = True
+    type = Boolean()
+    _is_implicitly_boolean = True  # a comparison: no "= 1" after it where booleans are integers
+    _traverse_internals = [
+        ("col", InternalTraversal.dp_clauseelement),
+        ("sub", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, col: ColumnElement[Any], sub: ScalarSelect[Any]) -> None:
+        self.col = col
+        self.sub = sub
+
+
+@compiles(InArray)
+def _in_array(element: InArray, compiler: Any, **kw: Any) -> str:
+    return f"{compiler.process(element.col, **kw)} IN {compiler.process(element.sub, **kw)}"
+
+
+@compiles(InArray, "postgresql")
+def _in_array_pg(element: InArray, compiler: Any, **kw: Any) -> str:
+    return f"{compiler.process(element.col, **kw)} = ANY(ARRAY{compiler.process(element.sub, **kw)})"
+
+
 class Compiler:
     def __init__(self, correlate_ranges: bool = False) -> None:
         self._n = 0
@@ -129,7 +198,7 @@ class Compiler:
 
     def alias(self, table: Any, prefix: str) -> Any:
         self._n += 1
-        return table.alias(f"{prefix}{self._n}")
+        return alias(table, f"{prefix}{self._n}")
 
     # ---------------------------------------------------------------- clauses
     def clause(self, c: Clause, r: FromClause, types: tuple[str, ...] | None = None) -> ColumnElement[bool]:
@@ -180,6 +249,15 @@ class Compiler:
         found = or_(*tests) if len(tests) > 1 else tests[0]
         return not_(found) if c.negate else found
 
+    def same_row(self, cs: list[ParamClause], r: FromClause) -> ColumnElement[bool]:
+        """Range clauses of one parameter that has at most one index row per resource: all on that row."""
+        conds: list[Cond] = [vc for c in cs for vc in c.value_conds()]
+        if self.correlate_ranges:
+            t = self.alias(TABLE_BY_TYPE[cs[0].table], "x")
+            return exists(select(literal(1)).select_from(t).where(t.c.resource_pk == r.c.pk, *(cond_sql(x, t) for x in conds)))
+        t = self.alias(TABLE_BY_TYPE[cs[0].table], "i")
+        return InArray(r.c.pk, select(t.c.resource_pk).where(*(cond_sql(x, t) for x in conds)).scalar_subquery())
+
     def composite(self, c: ParamClause) -> Select[Any]:
         """pks of resources where one item matches every component of one of the values."""
         branches: list[ColumnElement[bool]] = []
@@ -205,18 +283,24 @@ class Compiler:
         return select(t0.c.resource_pk).where(t0.c.grp > 0, or_(*branches))
 
     def chain(self, c: ChainClause, r: FromClause) -> ColumnElement[bool]:
-        ref = self.alias(reference_t, "ref")
+        # one sub-select per target type, UNION ALL: each probes (hash_identity, target_id, target_type)
+        # with its targets' ids; an OR of the types inside one WHERE would scan every reference of the
+        # parameter instead (PostgreSQL: a bitmap OR and hashed sub-plans over all of them)
         idents = [p.identity for p in c.params]
-        per_type = []
+        per_type: list[Select[Any]] = []
         for target_type, inner in c.inners:
+            ref = self.alias(reference_t, "ref")
             s = self.alias(resource_t, "s")
             targets = select(s.c.res_id).where(
                 s.c.res_type == target_type, s.c.deleted == false(), self.clause(inner, s, (target_type,))
             )
-            per_type.append(and_(ref.c.target_type == target_type, ref.c.target_id.in_(targets)))
-        ident = ref.c.hash_identity == idents[0] if len(idents) == 1 else ref.c.hash_identity.in_(idents)
-        sub = select(ref.c.resource_pk).where(ident, or_(*per_type))
-        return r.c.pk.in_(sub)
+            ident = ref.c.hash_identity == idents[0] if len(idents) == 1 else ref.c.hash_identity.in_(idents)
+            per_type.append(
+                select(ref.c.resource_pk).where(ident, ref.c.target_type == target_type, ref.c.target_id.in_(targets))
+            )
+        if len(per_type) == 1:
+            return r.c.pk.in_(per_type[0])
+        return r.c.pk.in_(union_all(*per_type))
 
     def has(self, c: HasClause, r: FromClause, types: tuple[str, ...] | None) -> ColumnElement[bool]:
         ref = self.alias(reference_t, "ref")

@@ -22,16 +22,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Select, and_, distinct, false, func, or_, select
+from sqlalchemy import Connection, Select, and_, distinct, false, func, literal_column, or_, select
 
 from hub.errors import Category, FhirError, Issue
 from hub.fhir import summary as summary_rules
-from hub.search.compile import OR_CHUNK, Compiler, cond_sql, is_anchor, keyset
+from hub.search.compile import OR_CHUNK, Compiler, alias, cond_sql, is_anchor, keyset
 from hub.search.index import SearchIndexer
 from hub.search.memory import MemoryMatcher
 from hub.search.params import MODIFIERS, PREFIXES, UNSUPPORTED, Registry
 from hub.search.query import (
     MAX_COUNT,
+    ChainClause,
     CompartmentClause,
     Cursor,
     Include,
@@ -44,6 +45,10 @@ from hub.search.tables import TABLE_BY_TYPE, reference_t
 from hub.search.values import parse_date_range
 from hub.store.tables import resource_t, version_t
 
+#: columns of the ``page`` sub-select of :meth:`SearchEngine._page_stmt`, named once
+_PAGE_COLUMNS: dict[str, Any] = {
+    name: literal_column(f"page.{name}") for name in ("pk", "res_type", "res_id", "version", *(f"k{i}" for i in range(8)))
+}
 MAX_INCLUDES = 1000
 MAX_ITERATE = 4
 CHUNK = 500
@@ -95,7 +100,7 @@ class SearchEngine:
         q = parse_query(self.registry, res_types, req.params, strict=req.strict, base_url=req.base_url)
         if req.compartment is not None:
             q.clauses.insert(0, self._compartment_clause(req.compartment, res_types))
-        r = resource_t.alias("r")
+        r = alias(resource_t, "r")
         comp = Compiler()
         where = self._where(comp, q, r, res_types)
         result = SearchResult(issues=list(q.issues))
@@ -183,14 +188,40 @@ class SearchEngine:
 
     def _where(self, comp: Compiler, q: Query, r: Any, res_types: tuple[str, ...] | None) -> list[Any]:
         where: list[Any] = [r.c.deleted == false()]
-        if res_types is not None:
+        # Index rows carry their (type, parameter) in hash_identity and exist only for current resources,
+        # so a positive index clause already confines the query to the types: a condition on res_type
+        # then only misleads SQLite into (res_type, pk) look-ups, which lose the pk order of the
+        # IN-list and must read every match before sorting, instead of stopping after a page.
+        if res_types is not None and not any(_typed_rows(c) for c in q.clauses):
             where.append(r.c.res_type == res_types[0] if len(res_types) == 1 else r.c.res_type.in_(res_types))
         # with an equality clause to drive the query, range clauses are checked row by row (EXISTS);
         # without one, each clause collects its pks (a row-by-row check would scan the whole type)
         comp.correlate_ranges = any(is_anchor(c) for c in q.clauses)
+        # several range clauses on a parameter a resource has one row of (date=ge…&date=lt… on
+        # Appointment.start) are checked on that one row: one index range instead of two sets of pks
+        rows: dict[tuple[str, tuple[int, ...]], list[ParamClause]] = {}
         for c in q.clauses:
+            if self._one_row_range(c):
+                assert isinstance(c, ParamClause)
+                rows.setdefault((c.table, c.idents), []).append(c)
+        for c in q.clauses:
+            group = rows.get((c.table, c.idents)) if isinstance(c, ParamClause) else None
+            if group is not None and len(group) > 1:
+                if c is group[0]:
+                    where.append(comp.same_row(group, r))
+                continue
             where.append(comp.clause(c, r, res_types))
         return where
+
+    def _one_row_range(self, c: Any) -> bool:
+        return (
+            isinstance(c, ParamClause)
+            and c.table == "date"
+            and c.missing is None
+            and not c.negate
+            and len(c.values) == 1
+            and all(self.registry.one_date_row(bp) for bp in c.params)
+        )
 
     @staticmethod
     def _count(conn: Connection, r: Any, where: list[Any], q: Query | None, req: SearchRequest | None) -> int:
@@ -201,7 +232,7 @@ class SearchEngine:
             if isinstance(c, ParamClause) and c.missing is None and not c.negate and c.table in TABLE_BY_TYPE:
                 conds = c.value_conds()
                 if 0 < len(conds) <= OR_CHUNK:
-                    t = TABLE_BY_TYPE[c.table].alias("cnt")
+                    t = alias(TABLE_BY_TYPE[c.table], "cnt")
                     parts = [cond_sql(x, t) for x in conds]
                     stmt = select(func.count(distinct(t.c.resource_pk))).where(
                         or_(*parts) if len(parts) > 1 else parts[0]
@@ -242,13 +273,15 @@ class SearchEngine:
             .limit(limit)
             .subquery("page")
         )
-        v = version_t.alias("v")
-        key_cols = [page.c[f"k{i}"] for i in range(len(keys))]
-        outer_sort = [(col, desc) for col, (_, desc) in zip(key_cols, sort_exprs[:-1], strict=True)]
-        outer_sort.append((page.c.pk, False))
+        v = alias(version_t, "v")
+        # the page's columns by name: ``page.c`` would build a Column proxy per column, every request
+        col = _PAGE_COLUMNS
+        key_cols = [col[f"k{i}"] for i in range(len(keys))]
+        outer_sort = [(c, desc) for c, (_, desc) in zip(key_cols, sort_exprs[:-1], strict=True)]
+        outer_sort.append((col["pk"], False))
         return (
-            select(page.c.pk, page.c.res_type, page.c.res_id, v.c.data, *key_cols)
-            .select_from(page.join(v, and_(v.c.resource_pk == page.c.pk, v.c.version == page.c.version)))
+            select(col["pk"], col["res_type"], col["res_id"], v.c.data, *key_cols)
+            .select_from(page.join(v, and_(v.c.resource_pk == col["pk"], v.c.version == col["version"])))
             .order_by(*ordering(outer_sort))
         )
 
@@ -315,11 +348,9 @@ class SearchEngine:
         targets: set[tuple[str, str]] = set()
         pks = [f[0] for f in frontier]
         for chunk in _chunks(pks):
-            stmt = (
-                select(ref.c.target_type, ref.c.target_id)
-                .where(ref.c.resource_pk.in_(chunk), or_(*conds))
-                .distinct()
-            )
+            # no DISTINCT (the set is): with it SQLite prefers the covering (hash_identity, target_id,
+            # target_type) index and reads every reference of the parameter, not the page's rows
+            stmt = select(ref.c.target_type, ref.c.target_id).where(ref.c.resource_pk.in_(chunk), or_(*conds))
             targets.update((t, i) for t, i in conn.execute(stmt))
         return self._fetch_by_ids(conn, targets)
 
@@ -388,7 +419,7 @@ class SearchEngine:
             raise bad(
                 "FHIRHUB-SEARCH-CONDITIONAL", f"Conditional criteria {query!r} hold no search parameter"
             )
-        r = resource_t.alias("r")
+        r = alias(resource_t, "r")
         where = self._where(Compiler(), q, r, (res_type,))
         stmt = select(r.c.pk, r.c.res_id).where(*where).order_by(r.c.pk)
         return [(int(pk), str(rid)) for pk, rid in conn.execute(stmt)]
@@ -455,7 +486,7 @@ class SearchEngine:
                 count = int(value)
             elif name == "_cursor":
                 cursor = value
-        r = resource_t.alias("r")
+        r = alias(resource_t, "r")
         exists_row = conn.execute(
             select(r.c.pk).where(r.c.res_type == "Patient", r.c.res_id == patient_id, r.c.deleted == false())
         ).first()
@@ -545,6 +576,13 @@ class SearchEngine:
         if cursor is not None:
             params.append(("_cursor", cursor.encode()))
         return path + ("?" + urllib.parse.urlencode(params, quote_via=urllib.parse.quote) if params else "")
+
+
+def _typed_rows(c: Any) -> bool:
+    """Does clause ``c`` match only index rows of its own resource types?"""
+    if isinstance(c, ChainClause):
+        return True
+    return isinstance(c, ParamClause) and c.missing is None and not c.negate and c.table in TABLE_BY_TYPE
 
 
 def _parse_qs(query: str) -> list[tuple[str, str]]:

@@ -84,6 +84,13 @@ class SearchIndexer:
             self._plans[res_type] = plan
         return plan
 
+    def independent_of_version(self, res_type: str) -> bool:
+        """Whether no indexed parameter of ``res_type`` reads ``meta.versionId`` or ``meta.lastUpdated`` (which
+        the repository sets at write time): then rows extracted before the write are the rows of the stored
+        version. ``_lastUpdated`` itself is a column of the resource row, not an index row."""
+        return not any("versionId" in (bp.expression or "") or "lastUpdated" in (bp.expression or "")
+                       for bp in self._plan(res_type))
+
     def extract(self, resource: Mapping[str, Any]) -> Mapping[Table, list[dict[str, Any]]]:
         res_type = resource.get("resourceType")
         if not isinstance(res_type, str):

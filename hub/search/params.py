@@ -15,11 +15,15 @@ path where the expression allows it, else fhirpathpy compiled once.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from hub.search.paths import RESOURCE_TYPES, TYPE2PARENT, Evaluator, root_of, split_union
 from hub.search.values import h64
@@ -143,8 +147,33 @@ def _expand_base(base: str) -> list[str]:
     return [base]
 
 
+#: element types one value of which is one date index row (a Timing is several)
+ONE_ROW_DATE_TYPES = frozenset({"date", "dateTime", "instant", "Period"})
+_PLAIN_PATH = re.compile(r"[A-Z][A-Za-z]*(?:\.[a-z][A-Za-z0-9]*)+")
+
+
+@functools.cache
+def _at_most_one(profiles_file: Path) -> dict[str, frozenset[str]]:
+    """Element paths of the resources with ``max`` 1 (a choice without ``[x]``) → their types."""
+    out: dict[str, frozenset[str]] = {}
+    if not profiles_file.exists():
+        return out
+    for entry in orjson.loads(profiles_file.read_bytes()).get("entry", []):
+        sd = entry.get("resource", {})
+        if sd.get("resourceType") != "StructureDefinition" or sd.get("kind") != "resource":
+            continue
+        if sd.get("derivation") == "constraint":
+            continue
+        for el in sd.get("snapshot", {}).get("element", []):
+            if el.get("max") == "1" and "contentReference" not in el:
+                out[el["path"].removesuffix("[x]")] = frozenset(t.get("code", "") for t in el.get("type", []))
+    return out
+
+
 class Registry:
     def __init__(self) -> None:
+        self.profiles_dir = PROFILES_DIR
+        self._one_date_row: dict[int, bool] = {}
         self.by_url: dict[str, SearchParam] = {}
         self._by_type: dict[str, dict[str, BoundParam]] = {t: {} for t in RESOURCE_TYPES}
         self.compartment: dict[str, tuple[str, ...]] = {}
@@ -155,6 +184,7 @@ class Registry:
     def load(cls, profiles_dir: Path | str | None = None) -> Registry:
         d = Path(profiles_dir) if profiles_dir else PROFILES_DIR
         reg = cls()
+        reg.profiles_dir = d
         reg.add_all(_bundle_resources(d / "search-parameters.json"))
         for f in sorted(d.glob("SearchParameter-*.json")):
             reg.add_all([json.loads(f.read_bytes())])
@@ -216,6 +246,28 @@ class Registry:
                 found = self.get(t, code)
                 if found is None or found.type != "reference":
                     self.problems.append(f"compartment Patient: {t}.{code} is not a reference parameter")
+
+    def one_date_row(self, bp: BoundParam) -> bool:
+        """Does a resource have at most one index row of date parameter ``bp``?
+
+        True for a plain path of elements with ``max`` 1 ending in a date, dateTime, instant or
+        Period (``Appointment.start``, ``Observation.effective``, ``Encounter.period``): then several
+        range conditions on the parameter (``date=ge…&date=lt…``) can be checked on the same row.
+        The R4 definitions are read on the first call.
+        """
+        found = self._one_date_row.get(bp.identity)
+        if found is None:
+            expr = bp.expression or ""
+            found = bp.type == "date" and _PLAIN_PATH.fullmatch(expr) is not None
+            if found:
+                elements = _at_most_one(self.profiles_dir / "profiles-resources.json")
+                steps = expr.split(".")
+                prefixes = [".".join(steps[: i + 1]) for i in range(1, len(steps))]
+                found = all(p in elements for p in prefixes) and bool(elements[prefixes[-1]]) and (
+                    elements[prefixes[-1]] <= ONE_ROW_DATE_TYPES
+                )
+            self._one_date_row[bp.identity] = found
+        return found
 
     # ------------------------------------------------------------------ lookup
     def get(self, res_type: str, code: str) -> BoundParam | None:

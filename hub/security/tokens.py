@@ -14,10 +14,12 @@ JWT handling is PyJWT's; nothing here parses or verifies a JWT by hand.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +68,7 @@ class ClientStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.on_revoke: list[Callable[[str], None]] = []  # told at once of a revocation made in this process
 
     def add(self, name: str, scopes: list[str], jwks: dict[str, Any] | None = None, jwks_url: str | None = None,
             client_id: str | None = None) -> Client:
@@ -104,7 +107,10 @@ class ClientStore:
         from sqlalchemy import update
 
         with self.db.write() as conn:
-            return bool(conn.execute(update(client_t).where(client_t.c.client_id == client_id).values(revoked=True)).rowcount)
+            found = bool(conn.execute(update(client_t).where(client_t.c.client_id == client_id).values(revoked=True)).rowcount)
+        for listener in self.on_revoke:
+            listener(client_id)
+        return found
 
 
 def _client(row: Any) -> Client:
@@ -113,6 +119,9 @@ def _client(row: Any) -> Client:
 
 
 class TokenService:
+    VERIFIED_MAX = 10_000  # verified tokens remembered (LRU)
+    REVOCATION_TTL = 2.0  # seconds a client's revoked state is trusted before it is read again
+
     def __init__(self, db: Database, clients: ClientStore, *, token_ttl: int = 300,
                  clock: Callable[[], float] = time.time, http: httpx.Client | None = None) -> None:
         self.db = db
@@ -123,15 +132,20 @@ class TokenService:
         self._key: ec.EllipticCurvePrivateKey | None = None
         self._kid = ""
         self._lock = threading.Lock()
-        self._verified: dict[str, tuple[Principal, float]] = {}
+        self._verified: OrderedDict[tuple[str, str, str], tuple[Principal, float]] = OrderedDict()
         self._revoked_cache: dict[str, tuple[bool, float]] = {}
         self._jwks_cache: dict[str, tuple[dict[str, Any], float]] = {}
+        clients.on_revoke.append(self.forget_client)
 
     # ------------------------------------------------------------- signing key
     def signing_key(self) -> tuple[ec.EllipticCurvePrivateKey, str]:
         with self._lock:
             if self._key is None:
                 with self.db.write() as conn:
+                    if conn.dialect.name == "postgresql":
+                        # API worker processes may ask at once on a new database: one of them creates the key,
+                        # the others wait and read it (SQLite's writers are serialized already).
+                        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7245002)")
                     row = conn.execute(select(key_t).order_by(key_t.c.pk.desc()).limit(1)).first()
                     if row is None:
                         key = ec.generate_private_key(ec.SECP384R1())
@@ -252,37 +266,63 @@ class TokenService:
 
     # ------------------------------------------------------------ verification
     def verify(self, token: str, audience: str, token_url: str) -> Principal:
-        """The principal an access token stands for, or OAuthError (401)."""
+        """The principal an access token stands for, or OAuthError (401).
+
+        A verified token is remembered, by its exact text and the audience and issuer it was
+        checked against, until it expires: the token is signed by the hub and cannot change, so
+        checking its ES384 signature again (about a millisecond of CPU) would prove nothing new.
+        The cache is a bounded LRU. What can change — the client being revoked — is checked on
+        every call (against the database at most every two seconds per client, see
+        :meth:`_is_revoked`).
+        """
         now = self.clock()
-        cached = self._verified.get(token)
+        key = (token, audience, token_url)
+        cached = self._verified.get(key)
         if cached is None or cached[1] <= now:
-            key, _ = self.signing_key()
-            try:
-                claims = jwt.decode(token, key.public_key(), algorithms=["ES384"], audience=audience, issuer=token_url,
-                                    options={"require": ["exp", "sub", "scope"], "verify_exp": False, "verify_iat": False})
-            except jwt.PyJWTError as exc:
-                raise OAuthError("invalid_token", f"the access token is not acceptable ({type(exc).__name__})", 401) from exc
-            if float(claims["exp"]) <= now:
-                raise OAuthError("invalid_token", "the access token has expired", 401)
-            principal = Principal(claims["sub"], Permissions.from_scopes(claims["scope"]))
-            if len(self._verified) > 10_000:
-                self._verified.clear()
-            self._verified[token] = (principal, float(claims["exp"]))
-            cached = self._verified[token]
+            if cached is not None:
+                self._verified.pop(key, None)
+            cached = self._verify_signed(token, audience, token_url, now)
+            self._verified[key] = cached
+            if len(self._verified) > self.VERIFIED_MAX:
+                with contextlib.suppress(StopIteration, KeyError, RuntimeError):
+                    self._verified.pop(next(iter(self._verified)))  # the least recently used
+        else:
+            with contextlib.suppress(KeyError):
+                self._verified.move_to_end(key)
         principal = cached[0]
         if self._is_revoked(principal.client_id, now):
             raise OAuthError("invalid_token", "the client has been revoked", 401)
         return principal
 
+    def _verify_signed(self, token: str, audience: str, token_url: str, now: float) -> tuple[Principal, float]:
+        key, _ = self.signing_key()
+        try:
+            claims = jwt.decode(token, key.public_key(), algorithms=["ES384"], audience=audience, issuer=token_url,
+                                options={"require": ["exp", "sub", "scope"], "verify_exp": False, "verify_iat": False})
+        except jwt.PyJWTError as exc:
+            raise OAuthError("invalid_token", f"the access token is not acceptable ({type(exc).__name__})", 401) from exc
+        if float(claims["exp"]) <= now:
+            raise OAuthError("invalid_token", "the access token has expired", 401)
+        return Principal(claims["sub"], Permissions.from_scopes(claims["scope"])), float(claims["exp"])
+
     def _is_revoked(self, client_id: str, now: float) -> bool:
-        """Revocation is checked against the database at most every two seconds per client."""
+        """Revocation is checked against the database at most every two seconds per client.
+
+        A revocation through :meth:`ClientStore.revoke` in this process takes effect at once
+        (:meth:`forget_client`); one made by another process (``fhirhub clients revoke``) within
+        two seconds.
+        """
         cached = self._revoked_cache.get(client_id)
         if cached and cached[1] > now:
             return cached[0]
         client = self.clients.get(client_id)
         revoked = client is None or client.revoked
-        self._revoked_cache[client_id] = (revoked, now + 2)
+        self._revoked_cache[client_id] = (revoked, now + self.REVOCATION_TTL)
         return revoked
+
+    def forget_client(self, client_id: str) -> None:
+        """Re-read this client's state from the database at its next request."""
+        self._revoked_cache.pop(client_id, None)
 
 
 def _covered(scope: str, registered: tuple[str, ...]) -> bool:

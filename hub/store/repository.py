@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import operator
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +51,8 @@ class Indexer(Protocol):
 
     def extract(self, resource: Mapping[str, Any]) -> Mapping[Table, list[dict[str, Any]]]: ...
 
+    def independent_of_version(self, res_type: str) -> bool: ...
+
 
 class NoIndexer:
     """The in-memory twin used where search does not matter."""
@@ -58,6 +61,9 @@ class NoIndexer:
 
     def extract(self, resource: Mapping[str, Any]) -> Mapping[Table, list[dict[str, Any]]]:
         return {}
+
+    def independent_of_version(self, res_type: str) -> bool:
+        return True
 
 
 def now_micros() -> int:
@@ -119,6 +125,8 @@ class Change:
     if_match: int | None = None
     create_only: bool = False  # POST: the id is new; never updates
     origin: str | None = None  # who caused it (client id, connector name); carried to the outbox
+    # search-index rows extracted before the write transaction (Repository.index_rows), or None: extract in it
+    index_rows: Mapping[Any, list[dict[str, Any]]] | None = None
 
 
 @dataclass
@@ -161,6 +169,15 @@ class Repository:
         return conn.execute(select(r.pk).where(r.res_type == res_type, r.res_id == res_id)).first() is not None
 
     # ----------------------------------------------------------------- writes
+    def index_rows(self, res_type: str, res_id: str, resource: Mapping[str, Any]) -> Mapping[Any, list[dict[str, Any]]] | None:
+        """The search-index rows ``resource`` will have once written as ``res_type/res_id``, computed before
+        the write transaction, so that on SQLite the single writer does not spend its turn on them. None when
+        the rows depend on what the write sets (a parameter over ``meta.versionId``/``lastUpdated``)."""
+        if not self.indexer.tables or not self.indexer.independent_of_version(res_type):
+            return None
+        body = {"resourceType": res_type, "id": res_id, **{k: v for k, v in resource.items() if k not in ("resourceType", "id")}}
+        return self.indexer.extract(body)
+
     def write(self, conn: Connection, change: Change) -> WriteResult:
         return self.write_many(conn, [change])[0]
 
@@ -223,7 +240,6 @@ class Repository:
             for res, pk in zip(new_results, pks, strict=True):
                 assert res.stored is not None
                 res.stored = _with_pk(res.stored, pk)
-        sql.update_by_pk(conn, resource_t, UPDATE_COLS, updates)
         written = [r for r in results if r.outcome in ("created", "updated", "deleted")]
         versions = []
         outbox = []
@@ -232,14 +248,16 @@ class Repository:
             assert s is not None
             versions.append((s.pk, s.res_type, s.res_id, s.version, s.last_updated, res.change.method, s.deleted, s.data))
             outbox.append((s.pk, s.res_type, s.res_id, s.version, _interaction(res), res.change.origin, now))
-        sql.insert_many(conn, version_t, VERSION_COLS, versions)
-        self._reindex(conn, reindex)
-        if outbox:
-            if conn.dialect.name == "postgresql":
-                # Outbox keys must commit in key order, or a reader could pass a key that commits later:
-                # this lock, held to commit, orders the writers' last step (SQLite has one writer anyway).
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7245001)")
-            sql.insert_many(conn, outbox_t, OUTBOX_COLS, outbox)
+        with sql.pipeline(conn):  # PostgreSQL: what follows needs no answer until the end, one round trip
+            sql.update_by_pk(conn, resource_t, UPDATE_COLS, updates)
+            sql.insert_many(conn, version_t, VERSION_COLS, versions)
+            self._reindex(conn, reindex)
+            if outbox:
+                if conn.dialect.name == "postgresql":
+                    # Outbox keys must commit in key order, or a reader could pass a key that commits later:
+                    # this lock, held to commit, orders the writers' last step (SQLite has one writer anyway).
+                    sql.execute(conn, "SELECT pg_advisory_xact_lock(7245001)")
+                sql.insert_many(conn, outbox_t, OUTBOX_COLS, outbox)
         return results
 
     # ---------------------------------------------------------------- helpers
@@ -248,21 +266,19 @@ class Repository:
 
         Creates with a server-assigned id (a fresh UUID) cannot exist yet and are not looked up.
         """
-        r = resource_t.c
         by_type: dict[str, list[str]] = {}
         for change in changes:
             if not change.create_only:
                 by_type.setdefault(change.res_type, []).append(change.res_id)
         out: dict[tuple[str, str], _Current] = {}
+        lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""
         for res_type, ids in by_type.items():
             for i in range(0, len(ids), 500):
-                stmt = select(r.pk, r.res_type, r.res_id, r.version, r.deleted, r.content_hash, r.last_updated).where(
-                    r.res_type == res_type, r.res_id.in_(ids[i : i + 500])
-                )
-                if conn.dialect.name == "postgresql":
-                    stmt = stmt.with_for_update()
-                for row in conn.execute(stmt):
-                    out[(row.res_type, row.res_id)] = _Current(row.pk, row.version, row.deleted, row.content_hash, row.last_updated)
+                chunk = ids[i : i + 500]
+                for pk, _, res_id, version, deleted, digest, updated in sql.fetch_all(
+                    conn, _current_sql(len(chunk), lock), (res_type, *chunk)
+                ):
+                    out[(res_type, res_id)] = _Current(pk, version, bool(deleted), digest, updated)
         return out
 
     @staticmethod
@@ -294,19 +310,40 @@ class Repository:
             if body is None or res.stored is None:
                 continue
             pk = res.stored.pk
-            for table, rows in self.indexer.extract(body).items():
+            extracted = res.change.index_rows if res.change.index_rows is not None else self.indexer.extract(body)
+            for table, rows in extracted.items():
                 columns = _index_columns(table)
+                getter = _row_getter(table)
                 bucket = batches.setdefault(table, [])
                 for row in rows:
                     row["resource_pk"] = pk
-                    bucket.append(tuple(row.get(c, 0 if c == "grp" else None) for c in columns))
+                    try:
+                        bucket.append(getter(row))  # the indexer's rows carry every column: one C call
+                    except KeyError:
+                        bucket.append(tuple(row.get(c, 0 if c == "grp" else None) for c in columns))
         for table, tuples in batches.items():
             sql.insert_many(conn, table, _index_columns(table), tuples)
 
 
 @functools.cache
+def _current_sql(n: int, lock: str) -> str:
+    ids = ", ".join("{p}" for _ in range(n))
+    return (f"SELECT pk, res_type, res_id, version, deleted, content_hash, last_updated FROM resource"
+            f" WHERE res_type = {{p}} AND res_id IN ({ids}){lock}")
+
+
+@functools.cache
 def _index_columns(table: Table) -> tuple[str, ...]:
     return sql.insert_columns(table)
+
+
+@functools.cache
+def _row_getter(table: Table) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    columns = _index_columns(table)
+    get = operator.itemgetter(*columns)
+    if len(columns) == 1:
+        return lambda row: (get(row),)
+    return get
 
 
 def _bytes(data: Any) -> bytes | None:

@@ -10,7 +10,8 @@ in the SQL text. (SQLAlchemy's ``exec_driver_sql`` alone cost ~40 µs a statemen
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from functools import cache
 from typing import Any
 
@@ -53,18 +54,49 @@ def insert_columns(table: Table) -> tuple[str, ...]:
 COPY_THRESHOLD = 20
 
 
+@contextlib.contextmanager
+def pipeline(conn: Connection) -> Iterator[None]:
+    """PostgreSQL: send the statements of the block without waiting for each answer (psycopg pipeline mode):
+    one round trip for a write's versions, index rows, outbox and deletes instead of one per statement. Errors
+    surface at the end of the block, which fails the transaction as before. Elsewhere: nothing."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    if not conn.in_transaction():
+        conn.begin()
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.pipeline():
+        yield
+
+
+def _in_pipeline(driver: Any) -> bool:
+    return bool(getattr(driver.pgconn, "pipeline_status", 0))
+
+
+def execute(conn: Connection, template: str, params: tuple[Any, ...] = ()) -> None:
+    """Run a driver-SQL statement (placeholders ``{p}``) and drop its result (it may be pipelined)."""
+    _execute(conn, _format(template, _placeholder(conn)), params).close()
+
+
 def insert_many(conn: Connection, table: Table, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert ``rows``; on PostgreSQL larger batches go through COPY (one round trip, no per-row statements)."""
+    """Insert ``rows``; on PostgreSQL larger batches go through COPY (one round trip, no per-row statements),
+    except inside :func:`pipeline`, where the prepared insert is pipelined with the rest."""
     if not rows:
         return
-    if conn.dialect.name == "postgresql" and len(rows) >= COPY_THRESHOLD:
+    if (conn.dialect.name == "postgresql" and len(rows) >= COPY_THRESHOLD
+            and not _in_pipeline(conn.connection.driver_connection)):
         driver = conn.connection.driver_connection
         assert driver is not None
         with driver.cursor() as cur, cur.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
         return
-    _execute(conn, _insert_sql(table, columns, _placeholder(conn), None), list(rows), many=True).close()
+    statement = _insert_sql(table, columns, _placeholder(conn), None)
+    if len(rows) == 1:  # one row: execute, not executemany (psycopg's executemany sets up a pipeline of its own)
+        _execute(conn, statement, rows[0]).close()
+        return
+    _execute(conn, statement, list(rows), many=True).close()
 
 
 def insert_one_returning_pk(conn: Connection, table: Table, columns: tuple[str, ...], row: tuple[Any, ...]) -> int:
@@ -116,3 +148,11 @@ def fetch_one(conn: Connection, template: str, params: tuple[Any, ...]) -> Any:
     row = cur.fetchone()
     cur.close()
     return row
+
+
+def fetch_all(conn: Connection, template: str, params: tuple[Any, ...]) -> list[Any]:
+    """Every row of a driver-SQL query whose placeholders are written ``{p}``."""
+    cur = _execute(conn, _format(template, _placeholder(conn)), params)
+    rows = cur.fetchall()
+    cur.close()
+    return list(rows)

@@ -16,6 +16,7 @@ so nothing is sent that is not recorded, and a crash replays from the last commi
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -23,11 +24,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import Connection, insert, update
 
-from hub.store import outbox
+from hub.store import outbox, sql
 from hub.store.outbox import OutboxRow
-from hub.store.tables import version_t
 from hub.subscriptions import spec as specs
 from hub.subscriptions.delivery import Item
 from hub.subscriptions.notify import Event
@@ -190,14 +190,20 @@ class Dispatcher:
             if r.version > 1:
                 wanted.add((r.resource_pk, r.version - 1))
         out: dict[tuple[int, int], bytes | None] = {}
-        v = version_t.c
         pairs = sorted(wanted)
         for i in range(0, len(pairs), 200):
             chunk = pairs[i : i + 200]
-            cond = or_(*(and_(v.resource_pk == pk, v.version == ver) for pk, ver in chunk))
-            for row in conn.execute(select(v.resource_pk, v.version, v.data).where(cond)):
-                out[(row.resource_pk, row.version)] = row.data
+            params = tuple(x for pair in chunk for x in pair)
+            for pk, ver, data in sql.fetch_all(conn, _versions_sql(len(chunk)), params):
+                out[(pk, ver)] = None if data is None else bytes(data)
         return out
+
+
+@functools.cache
+def _versions_sql(n: int) -> str:
+    """Driver SQL for the stored bytes of ``n`` (resource_pk, version) pairs (a row-value IN list)."""
+    values = ", ".join("({p}, {p})" for _ in range(n))
+    return f"SELECT resource_pk, version, data FROM resource_version WHERE (resource_pk, version) IN (VALUES {values})"
 
 
 def _obj(data: bytes | None) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ driven by a real MLLP client from PyPI (python-hl7's ``hl7.client.MLLPClient``),
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -40,7 +41,9 @@ class Mllp:
     def __init__(self, port: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + 90
         while True:  # the listener serves once its start-up recovery is done
-            try:
+            try:  # probe first: MLLPClient leaks its socket when the connection is refused
+                with socket.create_connection(("127.0.0.1", port), timeout=5):
+                    pass
                 self.client = MLLPClient("127.0.0.1", port)
                 break
             except ConnectionRefusedError:

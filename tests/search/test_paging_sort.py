@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.parse
 from typing import Any
 
@@ -138,6 +139,7 @@ def test_sort_by_date_with_filter(corpus_db: SearchDB) -> None:
 def test_sort_by_last_updated(empty_db: SearchDB) -> None:
     for i in range(5):
         _write(empty_db, [_patient(i, "x")])
+        time.sleep(0.002)  # meta.lastUpdated has millisecond precision: distinct instants, no tie to break
     got = empty_db.all_pages("Patient", "_sort=-_lastUpdated&_count=2")
     assert got == ["p004", "p003", "p002", "p001", "p000"]
 

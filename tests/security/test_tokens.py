@@ -183,3 +183,60 @@ def test_client_registration_checks(service) -> None:
         store.add("bad", ["system/Patient.rs"])
     listed = [c.name for c in store.list()]
     assert "bad" not in listed
+
+
+def test_verified_tokens_are_cached_until_they_expire(service, monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens, store, clock = service
+    client, key = register(store, "ES384")
+    access = tokens.token(form(client.client_id, key, "ES384"), TOKEN_URL, AUD)["access_token"]
+    checks = []
+    real = tokens._verify_signed
+    monkeypatch.setattr(tokens, "_verify_signed", lambda *a: checks.append(a[0]) or real(*a))
+    for _ in range(5):
+        assert tokens.verify(access, AUD, TOKEN_URL).client_id == client.client_id
+    assert len(checks) == 1, "the signature is checked once, then the verified token is remembered"
+    # remembered for exactly the audience and issuer it was checked against
+    with pytest.raises(OAuthError):
+        tokens.verify(access, "https://elsewhere.test/fhir", TOKEN_URL)
+    with pytest.raises(OAuthError):
+        tokens.verify(access, AUD, "https://elsewhere.test/auth/token")
+    # and only until it expires
+    clock.now += 301
+    with pytest.raises(OAuthError, match="expired"):
+        tokens.verify(access, AUD, TOKEN_URL)
+
+
+def test_token_cache_is_a_bounded_lru(service) -> None:
+    tokens, store, _ = service
+    tokens.VERIFIED_MAX = 2
+    client, key = register(store, "ES384")
+    a, b, c = (tokens.token(form(client.client_id, key, "ES384"), TOKEN_URL, AUD)["access_token"] for _ in range(3))
+    tokens.verify(a, AUD, TOKEN_URL)
+    tokens.verify(b, AUD, TOKEN_URL)
+    tokens.verify(a, AUD, TOKEN_URL)  # a is now the most recently used
+    tokens.verify(c, AUD, TOKEN_URL)
+    assert [k[0] for k in tokens._verified] == [a, c]
+
+
+def test_revocation_reaches_cached_tokens(service) -> None:
+    tokens, store, clock = service
+    client, key = register(store, "ES384")
+    other, other_key = register(store, "ES384")
+    access = tokens.token(form(client.client_id, key, "ES384"), TOKEN_URL, AUD)["access_token"]
+    kept = tokens.token(form(other.client_id, other_key, "ES384"), TOKEN_URL, AUD)["access_token"]
+    tokens.verify(access, AUD, TOKEN_URL)
+    # revoked by another process (fhirhub clients revoke): the database changes behind this TokenService
+    from sqlalchemy import update
+
+    from hub.security.tables import client_t
+
+    with store.db.write() as conn:
+        conn.execute(update(client_t).where(client_t.c.client_id == client.client_id).values(revoked=True))
+    clock.now += 2.5  # the client's state is re-read at most every two seconds
+    with pytest.raises(OAuthError, match="revoked"):
+        tokens.verify(access, AUD, TOKEN_URL)
+    # revoked in this process: at once, without waiting for the re-read
+    assert tokens.verify(kept, AUD, TOKEN_URL).client_id == other.client_id
+    assert store.revoke(other.client_id)
+    with pytest.raises(OAuthError, match="revoked"):
+        tokens.verify(kept, AUD, TOKEN_URL)

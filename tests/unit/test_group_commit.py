@@ -72,3 +72,41 @@ def test_concurrent_creates_through_the_router(db_url: str, content: Content) ->
         outbox = conn.execute(sa.select(sa.func.count()).select_from(outbox_t)).scalar_one()
     assert stored == set(created) and outbox == 80
     hub.close()
+
+
+def test_submitted_units_commit_together_and_fail_alone(db_url: str) -> None:
+    """``Database.submit``: the writer thread (SQLite) or the pool (PostgreSQL) resolves each future after
+    the commit that holds its unit; a failing unit is rolled back alone and its future carries the error."""
+    db = Database(db_url)
+    upgrade(db)
+    ph = "?" if db.is_sqlite else "%s"
+
+    def work(n: int) -> Any:
+        def run(conn: sa.Connection) -> int:
+            conn.exec_driver_sql(
+                "INSERT INTO outbox (resource_pk, res_type, res_id, version, interaction, origin, at) "
+                f"VALUES ({ph}, 'T', {ph}, 1, 'create', NULL, 0)",
+                (n, str(n)),
+            )
+            if n % 4 == 0:
+                raise ValueError(f"unit {n} fails")
+            return n
+
+        return run
+
+    futures = [db.submit(work(n)) for n in range(60)]
+    for n, fut in enumerate(futures):
+        if n % 4 == 0:
+            with pytest.raises(ValueError, match=f"unit {n} fails"):
+                fut.result(timeout=30)
+        else:
+            assert fut.result(timeout=30) == n
+            # resolved means committed: a fresh connection sees the row
+            with db.read() as conn:
+                assert conn.execute(sa.select(outbox_t.c.pk).where(outbox_t.c.res_id == str(n))).first() is not None
+    with db.read() as conn:
+        kept = sorted(int(r[0]) for r in conn.execute(sa.select(outbox_t.c.res_id)))
+    assert kept == [n for n in range(60) if n % 4]
+    db.dispose()
+    with pytest.raises(RuntimeError):  # closed: nothing is accepted that could not commit
+        db.submit(work(1))

@@ -1,0 +1,255 @@
+"""Processes: API workers beside one services process (``fhirhub serve --workers N``, ``FHIRHUB_WORKERS``).
+
+One Python process runs one core's worth of Python. With ``workers`` above 1, ``fhirhub serve`` becomes:
+
+* the **primary** (this process): it migrates the database, runs the background services (subscription
+  dispatcher and deliveries, workflows, MLLP listeners and senders, EHR sync) and serves the whole app on a
+  private Unix socket, for the requests only it can answer;
+* **N API workers** (``python -m hub serve --worker-fd FD --primary PATH``): each serves the REST API on the
+  public address, a listening socket they all inherit from the primary (the kernel hands each new
+  connection to one of them). They run no background service. Requests for what the services own (the
+  subscription operations ``$status``, ``$events``, ``$resend``, ``$workflow-runs``, and ``/admin/…`` and
+  ``/sync/…``) are forwarded to the primary over its socket, with the caller's token, address and scheme.
+
+Every process writes through the same repository function; on SQLite they queue on one file lock
+(:class:`hub.store.db.WriteLock`). The primary learns of commits made by the workers from the outbox, which
+it polls every ``POLL`` seconds (``max(pk)``, one index probe), and wakes its consumers as for its own commits.
+A worker whose primary is gone shuts itself down; the primary restarts a worker that exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+log = logging.getLogger("hub.workers")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+POLL = 0.005  # seconds between the primary's looks for commits of other processes
+SERVICE_OPERATIONS = frozenset({"$status", "$events", "$resend", "$workflow-runs"})  # hub.subscriptions.operations
+SERVICE_PREFIXES = ("/admin/", "/sync/")  # hub.hl7.api, hub.sync.api
+FORWARDED_CLIENT = b"x-fhirhub-forwarded-for"
+FORWARDED_PROTO = b"x-fhirhub-forwarded-proto"
+HOP_HEADERS = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"upgrade", FORWARDED_CLIENT, FORWARDED_PROTO}
+
+
+def is_service_path(path: str) -> bool:
+    """Whether only the primary (where the background services run) can answer a request for ``path``."""
+    if path.startswith(SERVICE_PREFIXES):
+        return True
+    if path.startswith("/fhir/"):
+        return path.rstrip("/").rsplit("/", 1)[-1] in SERVICE_OPERATIONS
+    return False
+
+
+class ForwardToPrimary:
+    """ASGI middleware of an API worker: service-owned requests go to the primary, the rest to the app."""
+
+    def __init__(self, app: ASGIApp, uds: str, max_body: int) -> None:
+        self.app = app
+        self.uds = uds
+        self.max_body = max_body
+        self._client: httpx.AsyncClient | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_service_path(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if len(body) > self.max_body:
+                await _answer(send, 413, "FHIRHUB-BODY-TOO-LARGE", "The request body is too large")
+                return
+            if not message.get("more_body"):
+                break
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_HEADERS]
+        client = scope.get("client")
+        headers.append((FORWARDED_CLIENT, (client[0] if client else "").encode()))
+        headers.append((FORWARDED_PROTO, scope.get("scheme", "http").encode()))
+        target = scope.get("raw_path") or scope["path"].encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        if self._client is None:
+            self._client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=self.uds), timeout=120)
+        try:
+            resp = await self._client.request(scope["method"], "http://primary" + target.decode("latin-1"),
+                                              headers=headers, content=bytes(body))
+        except httpx.HTTPError as exc:
+            log.error("forwarding to the primary failed (%s)", type(exc).__name__)
+            await _answer(send, 503, "FHIRHUB-PRIMARY-UNAVAILABLE", "The hub's services process is not answering; try again")
+            return
+        out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers.multi_items()
+               if k.lower().encode() not in HOP_HEADERS and k.lower() != "content-encoding"]
+        out.append((b"content-length", str(len(resp.content)).encode()))
+        await send({"type": "http.response.start", "status": resp.status_code, "headers": out})
+        await send({"type": "http.response.body", "body": resp.content})
+
+
+async def _answer(send: Send, status: int, code: str, text: str) -> None:
+    from hub.errors import Category, FhirError
+
+    category = Category.TOO_LARGE if status == 413 else Category.TRANSIENT
+    body = orjson.dumps(FhirError(category, code, text).outcome())
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/fhir+json; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class FromWorkers:
+    """ASGI middleware of the primary: a request that came over the private socket (no peer address) was
+    forwarded by a worker, and carries the caller's address and scheme; anything else is taken as it is."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("client"):
+            headers = dict(scope["headers"])
+            address = headers.get(FORWARDED_CLIENT)
+            proto = headers.get(FORWARDED_PROTO)
+            if address is not None:
+                scope = dict(scope)
+                scope["client"] = (address.decode("latin-1"), 0) if address else None
+                if proto in (b"http", b"https"):
+                    scope["scheme"] = proto.decode()
+        await self.app(scope, receive, send)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The public listening socket the workers share."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class WorkerPool:
+    """A service of the primary: starts the API workers, restarts one that exits, stops them first on
+    shutdown; and wakes the primary's outbox consumers when a worker commits."""
+
+    name = "API workers"
+
+    def __init__(self, hub: Hub, count: int, sock: socket.socket, uds: str) -> None:
+        self.hub = hub
+        self.count = count
+        self.sock = sock
+        self.uds = uds
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._stopping = False
+        self._watch: threading.Thread | None = None
+        self._monitor: asyncio.Task[None] | None = None
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        fd = self.sock.fileno()
+        cmd = [sys.executable, "-m", "hub", "serve", "--worker-fd", str(fd), "--primary", self.uds]
+        env = {**os.environ, "FHIRHUB_WORKERS": str(self.count)}  # the worker sizes its share of the pool by it
+        return subprocess.Popen(cmd, pass_fds=(fd,), env=env)
+
+    async def start(self) -> None:
+        self.procs = [self._spawn() for _ in range(self.count)]
+        self._watch = threading.Thread(target=self._watch_outbox, name="outbox-watch", daemon=True)
+        self._watch.start()
+        self._monitor = asyncio.create_task(self._keep_alive(), name="worker monitor")
+        log.info("started %d API workers", self.count)
+
+    async def _keep_alive(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(0.5)
+            for i, proc in enumerate(self.procs):
+                if proc.poll() is not None and not self._stopping:
+                    log.error("API worker pid=%d exited with %s; starting another", proc.pid, proc.returncode)
+                    self.procs[i] = self._spawn()
+
+    def _watch_outbox(self) -> None:
+        """Wake the primary's consumers when another process commits. SQLite: ``PRAGMA data_version`` on a
+        connection of our own changes when any other connection commits (no SQL to plan, no table read).
+        PostgreSQL: the outbox head, by index."""
+        db, changes = self.hub.ctx.db, self.hub.ctx.changes
+        probe = "PRAGMA data_version" if db.is_sqlite else "SELECT coalesce(max(pk), 0) FROM outbox"
+        last: object = None
+        while not self._stopping:
+            try:
+                with db.engine.connect() as conn:
+                    raw = conn.connection.dbapi_connection
+                    assert raw is not None
+                    cur = raw.cursor()
+                    while not self._stopping:
+                        cur.execute(probe)
+                        row = cur.fetchone()
+                        if not db.is_sqlite:
+                            raw.commit()  # no transaction left open between looks
+                        value = row[0] if row else None
+                        if value != last:
+                            if last is not None:
+                                changes.notify()
+                            last = value
+                        time.sleep(POLL)
+            except Exception as exc:  # noqa: BLE001 - the slow poll of each consumer remains the fallback
+                log.warning("outbox watch failed (%s)", type(exc).__name__)
+                time.sleep(1)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in self.procs:
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        if self._watch is not None:
+            self._watch.join(5)
+
+
+def exit_with_parent() -> None:
+    """In an API worker: shut down (SIGTERM to ourselves: uvicorn finishes the requests in flight) once the
+    primary is gone, also after a SIGKILL of the primary, which can run no shutdown code of its own."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        log.warning("the primary (pid %d) is gone; stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def socket_path() -> str:
+    """The primary's private socket, in a fresh owner-only (0700) directory."""
+    return str(Path(tempfile.mkdtemp(prefix="fhirhub-")) / "primary.sock")
