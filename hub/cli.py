@@ -64,6 +64,7 @@ def serve(
 
         procs.exit_with_parent()
         hub = build_hub(settings)
+        procs.advertise_service_operations(hub.router)
         app = procs.ForwardToPrimary(create_app(hub), primary, settings.max_body_bytes)
         # socket(fileno=…) reads the family from the descriptor (uvicorn's own fd= would take it for a Unix
         # socket, and asyncio then leaves Nagle on: 40 ms per answer).

@@ -120,6 +120,18 @@ async def _answer(send: Send, status: int, code: str, text: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def advertise_service_operations(router: Any) -> None:
+    """In an API worker: list the services' operations in the CapabilityStatement, as the primary does. Their
+    requests never reach the worker's router (:class:`ForwardToPrimary` sends them on first)."""
+    from hub.errors import Category, FhirError
+
+    def forwarded(_req: Any, _route: Any) -> Any:
+        raise FhirError(Category.TRANSIENT, "FHIRHUB-PRIMARY-ONLY", "This operation is answered by the services process")
+
+    for name in SERVICE_OPERATIONS:
+        router.operations.setdefault(name, forwarded)
+
+
 class FromWorkers:
     """ASGI middleware of the primary: a request that came over the private socket (no peer address) was
     forwarded by a worker, and carries the caller's address and scheme; anything else is taken as it is."""

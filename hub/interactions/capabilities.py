@@ -59,6 +59,12 @@ def build(ctx: Context, base_url: str, operations: list[str] | None = None) -> d
         "resource": resources,
         "interaction": system,
     }
+    if searching:
+        rest["documentation"] += (
+            " Search: every R4 search parameter, except the token modifiers :in, :not-in, :above and :below (400) and"
+            " the parameters _text, _content, _query, _list, _contained, _containedType, _filter and near, which are"
+            " ignored and reported in the searchset's OperationOutcome entry (400 with Prefer: handling=strict)."
+        )
     ops: list[dict[str, Any]] = []
     if searching:
         ops.append({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"})

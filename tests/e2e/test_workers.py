@@ -83,6 +83,11 @@ def test_workers_share_the_write_path_and_the_services(db_url: str, tmp_path: Pa
             status = client.get(f"/Subscription/{sub_id}/$status")
             assert status.status_code == 200 and status.headers["content-type"].startswith("application/fhir+json")
             assert status.json()["entry"][0]["resource"]["resourceType"] == "Parameters"
+            # every process describes the same server
+            for _ in range(6):
+                with httpx.Client(base_url=hub.base, timeout=60) as fresh:
+                    ops = {o["name"] for o in fresh.get("/metadata").json()["rest"][0].get("operation", [])}
+                assert {"status", "events", "resend", "workflow-runs", "everything"} <= ops, ops
             missing = client.get("/Subscription/not-there/$status")
             assert missing.status_code == 404 and missing.json()["resourceType"] == "OperationOutcome"
         workers = _children(hub.proc.pid)
