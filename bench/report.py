@@ -79,9 +79,9 @@ def section_markdown(section: Section) -> str:
         for kind, cell in (("hub", r.hub), ("floor", r.floor)):
             if not cell:
                 continue
-            if cell["failed"]:
+            if cell.get("failed"):  # suites with cells of their own shape may leave out statuses and errors
                 notes.append(f"**{kind} {r.workload} × {r.clients}: {cell['failed']} failed requests** "
-                             f"(statuses {cell['statuses']}); first: `{cell['errors'][:1]}`")
+                             f"(statuses {cell.get('statuses', '?')}); first: `{(cell.get('errors') or [])[:1]}`")
             if (cell.get("other_cpu") or 0) >= OTHER_BUSY:
                 noisy.append(f"{kind} {r.workload} × {r.clients} ({cell['other_cpu'] * 100:.0f} %)")
             if (cell.get("client_cpu") or 0) >= CLIENT_SATURATED:

@@ -53,8 +53,10 @@ def serve(
     host = host or settings.host
     port = port or settings.port
     workers = workers or settings.workers
-    if workers > 1:  # FHIRHUB_DB_POOL_SIZE is the whole server's budget of connections, shared by its processes
-        settings = settings.model_copy(update={"db_pool_size": max(4, settings.db_pool_size // (workers + 1))})
+    if worker_fd is not None and workers > 1:
+        # The services process keeps FHIRHUB_DB_POOL_SIZE (its dispatcher, deliveries, listeners and audit all hold
+        # connections at once); the API workers share the same number again between them.
+        settings = settings.model_copy(update={"db_pool_size": max(4, settings.db_pool_size // workers)})
     log = logging.getLogger("hub.cli")
     ssl = {"ssl_certfile": str(settings.tls_certfile) if settings.tls_certfile else None,
            "ssl_keyfile": str(settings.tls_keyfile) if settings.tls_keyfile else None}

@@ -194,16 +194,23 @@ class Dispatcher:
         for i in range(0, len(pairs), 200):
             chunk = pairs[i : i + 200]
             params = tuple(x for pair in chunk for x in pair)
-            for pk, ver, data in sql.fetch_all(conn, _versions_sql(len(chunk)), params):
+            for pk, ver, data in sql.fetch_all(conn, _versions_sql(len(chunk), conn.dialect.name), params):
                 out[(pk, ver)] = None if data is None else bytes(data)
         return out
 
 
 @functools.cache
-def _versions_sql(n: int) -> str:
-    """Driver SQL for the stored bytes of ``n`` (resource_pk, version) pairs (a row-value IN list)."""
-    values = ", ".join("({p}, {p})" for _ in range(n))
-    return f"SELECT resource_pk, version, data FROM resource_version WHERE (resource_pk, version) IN (VALUES {values})"
+def _versions_sql(n: int, dialect: str) -> str:
+    """Driver SQL for the stored bytes of ``n`` (resource_pk, version) pairs.
+
+    SQLite: a row-value IN list, one index probe per pair. PostgreSQL: ORed pairs, which it answers with a
+    bitmap of index probes; a ``VALUES`` list there becomes a join whose prepared (generic) plan may scan the
+    whole version table once psycopg prepares the statement."""
+    if dialect == "sqlite":
+        values = ", ".join("({p}, {p})" for _ in range(n))
+        return f"SELECT resource_pk, version, data FROM resource_version WHERE (resource_pk, version) IN (VALUES {values})"
+    pairs = " OR ".join("(resource_pk = {p} AND version = {p})" for _ in range(n))
+    return f"SELECT resource_pk, version, data FROM resource_version WHERE {pairs}"
 
 
 def _obj(data: bytes | None) -> dict[str, Any] | None:
