@@ -240,8 +240,12 @@ def create_app(store: Store) -> Starlette:
     )
 
 
-def main(argv: list[str] | None = None, run: Callable[..., None] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="The benchmark floor: raw SQL behind a bare Starlette app")
+def serve(description: str, make_app: Callable[[str, int], Starlette], factory: str, argv: list[str] | None,
+          run: Callable[..., None] | None, prepare: Callable[[str, int], object] | None = None) -> None:
+    """The command line of a floor: its database, address and processes, under the same uvicorn settings as
+    `fhirhub serve` (hub/cli.py): defaults, no access log. Above one process, each worker builds its app with
+    ``factory`` (``module:function``, see :func:`app_from_env`) after ``prepare`` ran once here."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--database-url", required=True, help="sqlite:///PATH or postgresql+psycopg://…")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
@@ -251,20 +255,33 @@ def main(argv: list[str] | None = None, run: Callable[..., None] | None = None) 
     args = parser.parse_args(argv)
     import uvicorn
 
-    # The same uvicorn settings as `fhirhub serve` (hub/cli.py): defaults, no access log.
+    common = {"host": args.host, "port": args.port, "log_level": args.log_level, "access_log": False}
     if args.workers > 1:
         os.environ["FLOOR_DATABASE_URL"], os.environ["FLOOR_POOL_SIZE"] = args.database_url, str(args.pool_size)
-        Store(args.database_url, args.pool_size)  # the tables, once, before the workers start
-        (run or uvicorn.run)("bench.floor:factory", factory=True, workers=args.workers, host=args.host, port=args.port,
-                             log_level=args.log_level, access_log=False)
+        if prepare is not None:
+            prepare(args.database_url, args.pool_size)
+        (run or uvicorn.run)(factory, factory=True, workers=args.workers, **common)
         return
-    (run or uvicorn.run)(create_app(Store(args.database_url, args.pool_size)), host=args.host, port=args.port,
-                         log_level=args.log_level, access_log=False)
+    (run or uvicorn.run)(make_app(args.database_url, args.pool_size), **common)
+
+
+def app_from_env(make_app: Callable[[str, int], Starlette]) -> Starlette:
+    """The app of one floor worker process (``--workers`` above 1), from what :func:`serve` put in the environment."""
+    return make_app(os.environ["FLOOR_DATABASE_URL"], int(os.environ["FLOOR_POOL_SIZE"]))
+
+
+def _app(url: str, pool_size: int) -> Starlette:
+    return create_app(Store(url, pool_size))
+
+
+def main(argv: list[str] | None = None, run: Callable[..., None] | None = None) -> None:
+    # the tables are created once, before the workers start
+    serve("The benchmark floor: raw SQL behind a bare Starlette app", _app, "bench.floor:factory", argv, run,
+          prepare=Store)
 
 
 def factory() -> Starlette:
-    """The app of one floor worker process (``--workers`` above 1)."""
-    return create_app(Store(os.environ["FLOOR_DATABASE_URL"], int(os.environ["FLOOR_POOL_SIZE"])))
+    return app_from_env(_app)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,7 @@ with the hub's own pure functions from ``hub.search.values``; everything else is
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
 import queue
 import sqlite3
 import threading
@@ -32,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bench.floor import FHIR_JSON, SQLITE_PRAGMAS
+from bench.floor import FHIR_JSON, SQLITE_PRAGMAS, app_from_env, serve
 from hub.search.values import h64, hash_sys_code, normalize, parse_date_range, prefix_upper
 
 PAGE = 50  # the hub's default _count
@@ -335,30 +333,16 @@ def create_app(store: SearchStore) -> Starlette:
     )
 
 
-def main(argv: list[str] | None = None, run: Callable[..., None] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="The search floor: hand-written SQL behind a bare Starlette app")
-    parser.add_argument("--database-url", required=True, help="sqlite:///PATH or postgresql+psycopg://…")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--pool-size", type=int, default=20, help="connections (the hub's FHIRHUB_DB_POOL_SIZE default)")
-    parser.add_argument("--log-level", default="warning")
-    parser.add_argument("--workers", type=int, default=1, help="processes, as the hub's FHIRHUB_WORKERS")
-    args = parser.parse_args(argv)
-    import uvicorn
+def _app(url: str, pool_size: int) -> Starlette:
+    return create_app(SearchStore(url, pool_size))
 
-    # The same uvicorn settings as `fhirhub serve` (hub/cli.py): defaults, no access log.
-    if args.workers > 1:
-        os.environ["FLOOR_DATABASE_URL"], os.environ["FLOOR_POOL_SIZE"] = args.database_url, str(args.pool_size)
-        (run or uvicorn.run)("bench.floor_search:factory", factory=True, workers=args.workers, host=args.host,
-                             port=args.port, log_level=args.log_level, access_log=False)
-        return
-    (run or uvicorn.run)(create_app(SearchStore(args.database_url, args.pool_size)), host=args.host, port=args.port,
-                         log_level=args.log_level, access_log=False)
+
+def main(argv: list[str] | None = None, run: Callable[..., None] | None = None) -> None:
+    serve("The search floor: hand-written SQL behind a bare Starlette app", _app, "bench.floor_search:factory", argv, run)
 
 
 def factory() -> Starlette:
-    """The app of one floor worker process (``--workers`` above 1)."""
-    return create_app(SearchStore(os.environ["FLOOR_DATABASE_URL"], int(os.environ["FLOOR_POOL_SIZE"])))
+    return app_from_env(_app)
 
 
 if __name__ == "__main__":
