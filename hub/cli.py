@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 from pathlib import Path
 
 import orjson
@@ -15,6 +16,8 @@ from rich.table import Table
 from hub.security.tokens import ClientStore
 from hub.settings import Settings
 from hub.store.db import Database
+
+GIL_SWITCH_INTERVAL_S = 0.001  # see serve()
 
 app = typer.Typer(help="fhirhub: a FHIR R4 interoperability hub", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema", no_args_is_help=True)
@@ -49,6 +52,10 @@ def serve(
     from hub.store.schema import upgrade
 
     settings = _settings()
+    # CPython hands the GIL over every 5 ms by default. The SQLite writer thread holds the cross-process write
+    # lock while it runs; waiting 5 ms for the GIL there stalls every other process's writes (measured: creates
+    # at 16 clients 700/s at 5 ms, 860-900/s at 1 ms; reads unchanged).
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     _configure_logging(settings.log_level)
     host = host or settings.host
     port = port or settings.port

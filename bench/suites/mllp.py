@@ -53,6 +53,10 @@ CONNECTIONS = 8
 SUSTAINED_RATE = 300.0
 HOST = "127.0.0.1"
 HUB_ENV = {"FHIRHUB_AUTH": "off", "FHIRHUB_RATE_LIMIT": "0", "FHIRHUB_MAPPINGS_RELOAD_SECONDS": "0"}
+# The rows with targets measure conversion + commit: the hub runs without workflows (an empty FHIRHUB_WORKFLOWS_DIR).
+# The shipped workflows react to the same changes in the same process (a booking starts its reminders and, for a
+# new patient, the intake; each reads the resource, its versions and searches); the last row measures the
+# sustained rate with them on, for information.
 SB, EB = b"\x0b", b"\x1c\r"
 
 # ------------------------------------------------------------------------------------ messages
@@ -484,6 +488,7 @@ def run(db: str, workdir: Path, opts: Options) -> Section:
         ("busy", "busy", "ingest × 8 → hub (enhanced, apply: immediate)", "U", "closed", 0.0),
         ("apply", "apply", "apply × 8 → hub (original: AA after the FHIR commit)", "P", "closed", 0.0),
         ("sustained", "busy", f"sustained {SUSTAINED_RATE:.0f}/s → hub (enhanced, open loop)", "S", "open", SUSTAINED_RATE),
+        ("workflows", "busy", f"sustained {SUSTAINED_RATE:.0f}/s → hub with the shipped workflows", "W", "open", SUSTAINED_RATE),
     ]
     names = ["echo", "echo1", *(c[0] for c in cases)]
     with fresh_databases(db, workdir, names) as urls:
@@ -495,6 +500,9 @@ def run(db: str, workdir: Path, opts: Options) -> Section:
         for cell, listener, label, prefix, mode, offered in cases:
             port = free_port()
             env = {**HUB_ENV, "FHIRHUB_CONNECTORS_DIR": str(_connectors(workdir, listener, port))}
+            if cell != "workflows":
+                (workdir / "no-workflows").mkdir(exist_ok=True)
+                env["FHIRHUB_WORKFLOWS_DIR"] = str(workdir / "no-workflows")
             with server("hub", urls[cell], workdir, env) as srv:
                 _wait_port(port, srv.proc)
                 if opts.verbose:
@@ -520,6 +528,15 @@ def run(db: str, workdir: Path, opts: Options) -> Section:
     row.checks = [Check("≥ 300/s applied", None if rate is None else rate >= 0.97 * SUSTAINED_RATE),
                   Check("backlog not growing", None if growth is None else growth <= SUSTAINED_RATE * 1.0)]
     section.rows.append(row)
+    flows = cells["workflows"]
+    marks = flows["backlog"]
+    section.rows.append(Row(f"sustained {SUSTAINED_RATE:.0f}/s offered, shipped workflows on (no target)", CONNECTIONS, 1,
+                            _applied_cell(flows), None))
+    section.notes.append(
+        "The rows with targets measure conversion to FHIR and commit: the hub runs there without workflows. The last "
+        "row runs the shipped workflows (`workflows/`) in the same process: each booking starts its reminders and a new "
+        "patient's intake, which read the resource and its versions and search; backlog over its window: "
+        f"{', '.join(f'{t:.0f}s={b}' for t, b in marks)}.")
     section.notes.append(
         "Messages: the practice mix (35 % ADT^A04 + visit, 20 % ADT^A08, 45 % SIU^S12; 4 FHIR entries each but A08's 1), "
         f"a unique MSH-10 each, {CONNECTIONS} persistent MLLP connections from a separate load-generator process.")

@@ -70,15 +70,28 @@ class Known:
 
     def shorten(self, bundle_json: bytes) -> Shortcut:
         """The converted Bundle, with remembered resources left out or updated by id (see module doc)."""
-        bundle: dict[str, Any] = orjson.loads(bundle_json)
-        entries: list[dict[str, Any]] = bundle.get("entry") or []
-        keys = [entry_key(e) for e in entries]
-        with self._lock:
-            cand = {k: self._map[k] for k in keys if k is not None and k in self._map}
+        return self.shorten_many([bundle_json])[0]
+
+    def shorten_many(self, bundles_json: list[bytes]) -> list[Shortcut]:
+        """:meth:`shorten` for a batch of Bundles, with one look-up of the remembered versions for all."""
+        parsed: list[tuple[dict[str, Any], list[dict[str, Any]], list[Key | None], dict[Key, tuple[str, int]]]] = []
+        refs: set[tuple[str, str]] = set()
+        for raw in bundles_json:
+            bundle: dict[str, Any] = orjson.loads(raw)
+            entries: list[dict[str, Any]] = bundle.get("entry") or []
+            keys = [entry_key(e) for e in entries]
+            with self._lock:
+                cand = {k: self._map[k] for k in keys if k is not None and k in self._map}
+            refs.update((k[1], v[0]) for k, v in cand.items())
+            parsed.append((bundle, entries, keys, cand))
+        current = self._current(refs) if refs else {}
+        return [self._shortcut(bundle, entries, keys, cand, current) for bundle, entries, keys, cand in parsed]
+
+    def _shortcut(self, bundle: dict[str, Any], entries: list[dict[str, Any]], keys: list[Key | None],
+                  cand: dict[Key, tuple[str, int]], current: dict[tuple[str, str], int]) -> Shortcut:
         if not cand:
             self.misses += len([k for k in keys if k is not None])
             return Shortcut(bundle, keys, list(range(len(entries))))
-        current = self._current({(k[1], v[0]) for k, v in cand.items()})
         usable: dict[Key, tuple[str, int]] = {}
         stale: set[Key] = set()
         for k, (res_id, version) in cand.items():
@@ -138,16 +151,21 @@ class Known:
     def _current(self, refs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """(type, id) -> current version, for those that exist and are not deleted (one query, driver SQL:
         it runs for most messages and must cost less than the look-ups it saves)."""
+        out: dict[tuple[str, str], int] = {}
+        ordered = sorted(refs)
         with self.db.read_once() as conn:
             p = "?" if self.db.is_sqlite else "%s"
-            where = " OR ".join([f"(res_type = {p} AND res_id = {p})"] * len(refs))
-            cur: Any = conn.connection.cursor()
-            try:
-                cur.execute(f"SELECT res_type, res_id, version FROM resource WHERE deleted = {p} AND ({where})",
-                            (False, *(x for ref in sorted(refs) for x in ref)))
-                return {(t, i): int(v) for t, i, v in cur.fetchall()}
-            finally:
-                cur.close()
+            for n in range(0, len(ordered), 200):  # SQLite: at most 999 parameters a statement
+                chunk = ordered[n : n + 200]
+                where = " OR ".join([f"(res_type = {p} AND res_id = {p})"] * len(chunk))
+                cur: Any = conn.connection.cursor()
+                try:
+                    cur.execute(f"SELECT res_type, res_id, version FROM resource WHERE deleted = {p} AND ({where})",
+                                (False, *(x for ref in chunk for x in ref)))
+                    out.update({(t, i): int(v) for t, i, v in cur.fetchall()})
+                finally:
+                    cur.close()
+        return out
 
 
 def _point(node: Any, ids: dict[str, str]) -> None:

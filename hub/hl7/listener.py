@@ -51,7 +51,8 @@ MAX_UNREAD_ACK_BYTES = 1 << 20  # a client that leaves this much of its ACKs unr
 WAIT_PENDING = 60.0  # seconds a resend waits for the first copy's outcome
 BIND_RETRY = 5.0  # seconds between attempts to listen on a port that was not free
 MAX_BATCH = 64  # most messages one database transaction commits
-AHEAD = 2 * MAX_BATCH  # messages mapped and waiting for their commit, at most
+AHEAD = 2 * MAX_BATCH
+COMMITTERS_POSTGRESQL = 2  # batches committing at once on PostgreSQL  # messages mapped and waiting for their commit, at most
 REDELIVER_MAX = 1000  # owed application ACKs sent on one new connection, at most
 
 
@@ -340,10 +341,10 @@ class ListenerService:
         self._ready: list[tuple[Prepared, asyncio.Future[Result]]] = []  # prepared, waiting for a commit
         self._committing = 0
         self._ahead = asyncio.Semaphore(AHEAD)
-        # one batch commits at a time (SQLite has one writer anyway). On PostgreSQL too: two transactions
-        # running at once could each conditionally create the same practitioner or room (neither sees the
-        # other's uncommitted row), and every later message naming it would then match two
-        self._parallel = 1
+        # SQLite has one writer: one batch commits at a time. PostgreSQL commits two at once (each batch spends
+        # most of its time waiting on round trips); two batches conditionally creating the same practitioner or
+        # room are serialized by the conditional look-up's lock (hub/interactions/conditional.py: lock)
+        self._parallel = COMMITTERS_POSTGRESQL if runtime.db.dialect == "postgresql" else 1
         # its own threads: a commit never queues behind the mapping of a backlog
         self.committer = concurrent.futures.ThreadPoolExecutor(self._parallel, thread_name_prefix=f"hl7-{connector.name}-commit")
         self.batches = 0

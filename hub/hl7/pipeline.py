@@ -38,7 +38,7 @@ from hub.hl7.errors import (
     hl7_error,
     unsupported_error,
 )
-from hub.hl7.known import Known
+from hub.hl7.known import Known, Shortcut
 from hub.hl7.mapping import MappingSet
 from hub.hl7.parse import parse
 from hub.hl7.store import Outcome, WriteGate
@@ -289,7 +289,8 @@ class Pipeline:
                 todo.append(i)
         if not todo:
             return [r for r in results if r is not None]
-        shortcuts = [self.known.shorten(batch[i].bundle_json) if self.known is not None else None for i in todo]
+        shortcuts: list[Shortcut | None] = (list(self.known.shorten_many([batch[i].bundle_json for i in todo]))
+                                            if self.known is not None else [None] * len(todo))
         requests = [
             FhirRequest("POST", "", [], {"prefer": "return=minimal"},
                         sc.bundle if sc is not None else orjson.loads(batch[i].bundle_json), self.base_url,

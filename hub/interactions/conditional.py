@@ -11,6 +11,7 @@ SQLAlchemy expression cost several times more than running it. Anything else (ch
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -36,9 +37,18 @@ def find(ctx: Context, conn: Connection, res_type: str, criteria: str) -> list[s
     memo: dict[tuple[str, str], list[str]] | None = conn.info.get(_MEMO)
     if memo is not None and (res_type, criteria) in memo:
         return list(memo[(res_type, criteria)])
+    ids = _lookup(ctx, conn, res_type, criteria)
+    if not ids and conn.dialect.name == "postgresql":  # about to create, perhaps: see lock()
+        lock(conn, [(res_type, criteria)])
+        ids = _lookup(ctx, conn, res_type, criteria)
+    return ids
+
+
+def _lookup(ctx: Context, conn: Connection, res_type: str, criteria: str) -> list[str]:
     fast = _fast_find(ctx, conn, res_type, criteria)
     if fast is not None:
         return fast
+    assert ctx.search is not None
     return [res_id for _, res_id in ctx.search.find(conn, res_type, criteria)]
 
 
@@ -76,21 +86,63 @@ def prefetch(ctx: Context, conn: Connection, refs: Sequence[str]) -> None:
         if built is None:
             continue
         sql, values = built
-        parts.append((f"SELECT {len(keys)} AS q, pk, res_id FROM ({sql}) AS m{len(keys)}", values))
+        parts.append((sql, values))
         keys.append((res_type, criteria))
+    memo = _run_parts(conn, keys, parts)
+    if pg:  # the criteria that match nothing (about to be created, perhaps): lock, then look again (see lock())
+        missing = [j for j, key in enumerate(keys) if not memo[key]]
+        if missing:
+            lock(conn, [keys[j] for j in missing])
+            memo.update(_run_parts(conn, [keys[j] for j in missing], [parts[j] for j in missing]))
+    for (res_type, criteria), ids in list(memo.items()):  # as a conditional update's URL reaches find()
+        memo.setdefault((res_type, urlencode(parse_qsl(criteria, keep_blank_values=True))), ids)
+    conn.info[_MEMO] = memo
+
+
+LOCK_CLASS = 7245  # pg_advisory_xact_lock(LOCK_CLASS, hash of the criteria); the one-key locks are another space
+
+
+def lock(conn: Connection, keys: Sequence[tuple[str, str]]) -> None:
+    """PostgreSQL: hold a transaction lock on each ``Type?criteria`` before it is looked up.
+
+    Two transactions that conditionally create the same resource (``If-None-Exist``, a conditional update
+    that creates, an HL7v2 message naming the same practitioner) would otherwise both find nothing, neither
+    seeing the other's uncommitted row, and both create it; every later look-up would then match two (412).
+    So a look-up that finds nothing takes the lock and looks again: the second waits for the first to commit,
+    and its second look-up (read committed: a new snapshot per statement) finds the row. A look-up that finds
+    its resource (the common case: a known practitioner) takes no lock. Keys are taken in one statement in
+    sorted order. SQLite has one writer.
+    """
+    if conn.dialect.name != "postgresql" or not keys:
+        return
+    hashes = sorted({_lock_key(res_type, criteria) for res_type, criteria in keys})
+    cur: Any = conn.connection.cursor()
+    try:
+        cur.execute(f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, k) FROM unnest(%s::int[]) AS k", [hashes])
+    finally:
+        cur.close()
+
+
+def _lock_key(res_type: str, criteria: str) -> int:
+    canonical = f"{res_type}?{urlencode(sorted(parse_qsl(criteria, keep_blank_values=True)))}"
+    return int.from_bytes(hashlib.blake2b(canonical.encode(), digest_size=4).digest(), "big", signed=True)
+
+
+def _run_parts(conn: Connection, keys: list[tuple[str, str]], parts: list[tuple[str, list[Any]]]) -> dict[tuple[str, str], list[str]]:
+    """Run the look-ups ``parts`` (``SELECT q, pk, res_id`` each, q its position) in UNION ALL statements."""
     memo: dict[tuple[str, str], list[str]] = {k: [] for k in keys}
     for i in range(0, len(parts), 200):  # SQLite allows 500 compound SELECTs
         chunk = parts[i : i + 200]
         cur: Any = conn.connection.cursor()
         try:
-            cur.execute(" UNION ALL ".join(sql for sql, _ in chunk) + " ORDER BY q, pk", [v for _, vs in chunk for v in vs])
+            cur.execute(" UNION ALL ".join(f"SELECT {i + j} AS q, pk, res_id FROM ({sql}) AS m{i + j}"
+                                           for j, (sql, _) in enumerate(chunk)) + " ORDER BY q, pk",
+                        [v for _, vs in chunk for v in vs])
             for q, _, rid in cur.fetchall():
                 memo[keys[int(q)]].append(str(rid))
         finally:
             cur.close()
-    for (res_type, criteria), ids in list(memo.items()):  # as a conditional update's URL reaches find()
-        memo.setdefault((res_type, urlencode(parse_qsl(criteria, keep_blank_values=True))), ids)
-    conn.info[_MEMO] = memo
+    return memo
 
 
 def forget(conn: Connection) -> None:

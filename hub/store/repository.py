@@ -272,13 +272,28 @@ class Repository:
                 by_type.setdefault(change.res_type, []).append(change.res_id)
         out: dict[tuple[str, str], _Current] = {}
         lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""
+        # every type in one statement (a round trip each cost more than the look-up), at most 500 ids a statement
+        groups: list[tuple[str, list[str]]] = []
+        size = 0
+
+        def flush() -> None:
+            if groups:
+                params = [x for res_type, ids in groups for x in (res_type, *ids)]
+                for pk, res_type, res_id, version, deleted, digest, updated in sql.fetch_all(
+                    conn, _current_sql(tuple(len(ids) for _, ids in groups), lock), tuple(params)
+                ):
+                    out[(res_type, res_id)] = _Current(pk, version, bool(deleted), digest, updated)
+            groups.clear()
+
         for res_type, ids in by_type.items():
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
-                for pk, _, res_id, version, deleted, digest, updated in sql.fetch_all(
-                    conn, _current_sql(len(chunk), lock), (res_type, *chunk)
-                ):
-                    out[(res_type, res_id)] = _Current(pk, version, bool(deleted), digest, updated)
+                if size + len(chunk) > 500:
+                    flush()
+                    size = 0
+                groups.append((res_type, chunk))
+                size += len(chunk)
+        flush()
         return out
 
     @staticmethod
@@ -325,11 +340,11 @@ class Repository:
             sql.insert_many(conn, table, _index_columns(table), tuples)
 
 
-@functools.cache
-def _current_sql(n: int, lock: str) -> str:
-    ids = ", ".join("{p}" for _ in range(n))
-    return (f"SELECT pk, res_type, res_id, version, deleted, content_hash, last_updated FROM resource"
-            f" WHERE res_type = {{p}} AND res_id IN ({ids}){lock}")
+@functools.lru_cache(maxsize=2048)
+def _current_sql(counts: tuple[int, ...], lock: str) -> str:
+    """The current rows of ``counts[k]`` ids of the k-th type (parameters: type, its ids, next type ...)."""
+    where = " OR ".join(f"(res_type = {{p}} AND res_id IN ({', '.join('{p}' for _ in range(n))}))" for n in counts)
+    return f"SELECT pk, res_type, res_id, version, deleted, content_hash, last_updated FROM resource WHERE {where}{lock}"
 
 
 @functools.cache

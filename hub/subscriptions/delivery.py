@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections import deque
@@ -38,6 +37,20 @@ from hub.subscriptions.tables import delivery_t, sub_state_t
 
 if TYPE_CHECKING:
     from hub.subscriptions.service import SubscriptionService
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has ended, cancelling again any that is still running.
+
+    A cancellation can be swallowed: one that lands while aiohttp's own timeout fires comes out of the
+    request as a timeout error, which a retry loop catches and goes on. Waiting once for a task that
+    swallowed its cancellation would wait for ever (stop() hung in the tests); cancelling again ends it.
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.2)
+
 
 log = logging.getLogger("hub.subscriptions.delivery")
 Key = tuple[str, str, str]  # (subscription, type, id)
@@ -185,11 +198,9 @@ class Endpoint:
         self.room.set()
 
     async def stop(self) -> None:
-        for t in self.tasks:
-            t.cancel()
-        for t in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        for timer in self.timers.values():  # first: a timer firing now would start another send
+            timer.cancel()
+        await cancel_all(self.tasks)
         for timer in self.timers.values():
             timer.cancel()
         if self.session is not None:
@@ -280,9 +291,7 @@ class DeliveryEngine:
         for ep in list(self.endpoints.values()):
             await ep.stop()
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._flusher
+            await cancel_all([self._flusher])
         if self.outcomes:
             await self.service.offload(self._write, self._take())
 

@@ -30,7 +30,7 @@ from hub.store.outbox import OutboxRow
 from hub.subscriptions import notify
 from hub.subscriptions import spec as specs
 from hub.subscriptions.clock import Clock, system_clock
-from hub.subscriptions.delivery import DeliveryEngine, Outcome
+from hub.subscriptions.delivery import DeliveryEngine, Outcome, cancel_all
 from hub.subscriptions.dispatcher import CursorMoved, Dispatcher
 from hub.subscriptions.tables import sub_state_t
 
@@ -140,11 +140,7 @@ class SubscriptionService:
         return asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_all(self._tasks)
         if self.runner is not None:
             await self.runner.stop()
         if self.delivery is not None:

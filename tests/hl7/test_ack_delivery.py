@@ -47,7 +47,8 @@ async def test_an_application_ack_the_sender_left_before_is_recorded_and_sent_on
     async with running(hub, [listener(ack_mode="enhanced")]) as rt:
         svc = rt.listeners["test-in"]
         release = threading.Event()
-        svc.committer.submit(release.wait, 30)  # hold the commit until the sender has gone
+        for _ in range(svc._parallel):  # hold the commit until the sender has gone (every committer thread)
+            svc.committer.submit(release.wait, 30)
         try:
             client = await Client.connect(svc.port)
             assert msa(await client.call(adt(lost, mrn)))[:2] == ("CA", lost)

@@ -83,7 +83,9 @@ async def test_a_bad_message_inside_a_batch_is_rolled_back_alone(hub: Hub) -> No
 
         svc.pipeline.apply_many = recording  # type: ignore[method-assign]
         release = threading.Event()
-        svc.committer.submit(release.wait, 30)  # the committer thread is busy
+        for _ in range(svc._parallel):  # every committer thread is busy (PostgreSQL has two) ...
+            svc.committer.submit(release.wait, 30)
+        svc._parallel = 1  # ... and one batch at a time: the five line up behind the lead
         lead = await Client.connect(svc.port)
         lead_cid = uid()
         await lead.send(adt(lead_cid, uid()))
