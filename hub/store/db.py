@@ -8,7 +8,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from hub.settings import resolve_database_url
 
 T = TypeVar("T")
-GROUP_MAX = 64  # most units of work one SQLite commit carries
+GROUP_MAX = 64  # most units of work one commit carries
 
 
 @dataclass
@@ -58,7 +58,6 @@ class Database:
         self._submitted: deque[_Unit[Any]] = deque()
         self._submitted_ready = threading.Condition()
         self._writer: threading.Thread | None = None
-        self._pool: ThreadPoolExecutor | None = None
         self._closed = False
         if self.is_sqlite:
             _configure_sqlite(self.engine)
@@ -118,25 +117,22 @@ class Database:
         SQLite: one writer thread takes every submitted unit waiting, runs each in its own SAVEPOINT and
         commits them together, as :meth:`run_write` does, but no caller thread waits: an async caller
         awaits the future (``asyncio.wrap_future``) and the event loop keeps serving meanwhile.
-        PostgreSQL: each unit commits alone, on a pool of threads.
+        PostgreSQL: the same, one writer thread per process, without the file lock (other processes' groups
+        commit beside it). A group is one transaction: the outbox's ordering lock (held to commit, see
+        ``Repository.write_many``) is taken once per group, not once per create, and PostgreSQL flushes the
+        WAL once for it; a unit per transaction held that lock through every commit's WAL flush, which
+        serialized all writers (creates at 16 clients ran no faster than at 1).
         """
         future: Future[T] = Future()
         if self._closed:
             raise RuntimeError("the database is closed")
-        if self._write_lock is None:
-            if self._pool is None:
-                with self._queue_lock:
-                    if self._pool is None:
-                        threads = min(16, self.engine.pool.size())  # type: ignore[attr-defined]
-                        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="pg-write")
-            return self._pool.submit(self.run_write, work)
         unit: _Unit[T] = _Unit(work, future=future)
         with self._submitted_ready:
             if self._closed:
                 raise RuntimeError("the database is closed")
             self._submitted.append(unit)
             if self._writer is None:
-                self._writer = threading.Thread(target=self._writer_loop, name="sqlite-writer", daemon=True)
+                self._writer = threading.Thread(target=self._writer_loop, name=f"{self.dialect}-writer", daemon=True)
                 self._writer.start()
             self._submitted_ready.notify()
         return future
@@ -181,10 +177,21 @@ class Database:
                 finally:
                     conn.info.pop("write", None)
         except BaseException as exc:  # the commit itself (or a lone unit) failed: nothing of the group is kept
-            for unit in batch:
-                if unit.error is None:
-                    unit.error = exc
-                    unit.result = None
+            if self._write_lock is None and len(batch) > 1 and isinstance(exc, Exception):
+                # PostgreSQL: the group as a whole failed (a deadlock with another process's group, a lost
+                # connection): each unit that had not failed on its own runs again in a transaction of its own
+                for unit in batch:
+                    if unit.error is None:
+                        unit.result = None
+                        try:
+                            unit.result = self.run_write(unit.work)
+                        except Exception as alone:  # noqa: BLE001 - handed to the unit's caller
+                            unit.error = alone
+            else:
+                for unit in batch:
+                    if unit.error is None:
+                        unit.error = exc
+                        unit.result = None
         finally:
             for unit in batch:
                 unit.done.set()
@@ -216,8 +223,6 @@ class Database:
             self._submitted_ready.notify_all()
         if self._writer is not None and self._writer is not threading.current_thread():
             self._writer.join(timeout=30)
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
         if self._write_lock is not None:
             self._write_lock.close()
         self.engine.dispose()

@@ -75,7 +75,7 @@ def test_concurrent_creates_through_the_router(db_url: str, content: Content) ->
 
 
 def test_submitted_units_commit_together_and_fail_alone(db_url: str) -> None:
-    """``Database.submit``: the writer thread (SQLite) or the pool (PostgreSQL) resolves each future after
+    """``Database.submit``: the writer thread (one per process, on both databases) resolves each future after
     the commit that holds its unit; a failing unit is rolled back alone and its future carries the error."""
     db = Database(db_url)
     upgrade(db)
@@ -110,3 +110,40 @@ def test_submitted_units_commit_together_and_fail_alone(db_url: str) -> None:
     db.dispose()
     with pytest.raises(RuntimeError):  # closed: nothing is accepted that could not commit
         db.submit(work(1))
+
+
+def test_postgresql_group_that_fails_at_commit_reruns_each_unit_alone() -> None:
+    """A PostgreSQL group whose commit fails as a whole (here a deferred unique constraint two of its units
+    break; in production a deadlock with another process's group) runs each unit again alone: the units
+    that can commit do, and only the unit that cannot gets the error."""
+    from tests.conftest import fresh_postgres_schema
+
+    with fresh_postgres_schema() as url:
+        db = Database(url)
+        with db.write() as conn:
+            conn.exec_driver_sql("CREATE TABLE t_defer (k int, CONSTRAINT t_defer_k UNIQUE (k) DEFERRABLE INITIALLY DEFERRED)")
+        release = threading.Event()
+
+        def hold(conn: sa.Connection) -> None:
+            release.wait(10)  # the writer thread is busy: what follows queues up into one group
+
+        def insert(k: int) -> Any:
+            def run(conn: sa.Connection) -> int:
+                conn.exec_driver_sql("INSERT INTO t_defer (k) VALUES (%s)", (k,))
+                return k
+            return run
+
+        first = db.submit(hold)
+        futures = [db.submit(insert(k)) for k in (1, 2, 1, 3)]  # the second 1 breaks the group's commit
+        release.set()
+        first.result(timeout=30)
+        outcomes = []
+        for fut in futures:
+            try:
+                outcomes.append(fut.result(timeout=30))
+            except sa.exc.IntegrityError:
+                outcomes.append("error")
+        assert outcomes == [1, 2, "error", 3]
+        with db.read() as conn:
+            assert sorted(r[0] for r in conn.exec_driver_sql("SELECT k FROM t_defer")) == [1, 2, 3]
+        db.dispose()
