@@ -51,8 +51,8 @@ MAX_UNREAD_ACK_BYTES = 1 << 20  # a client that leaves this much of its ACKs unr
 WAIT_PENDING = 60.0  # seconds a resend waits for the first copy's outcome
 BIND_RETRY = 5.0  # seconds between attempts to listen on a port that was not free
 MAX_BATCH = 64  # most messages one database transaction commits
-AHEAD = 2 * MAX_BATCH
-COMMITTERS_POSTGRESQL = 2  # batches committing at once on PostgreSQL  # messages mapped and waiting for their commit, at most
+AHEAD = 2 * MAX_BATCH  # messages mapped and waiting for their commit, at most
+COMMITTERS_POSTGRESQL = 2  # batches committing at once on PostgreSQL
 REDELIVER_MAX = 1000  # owed application ACKs sent on one new connection, at most
 
 
