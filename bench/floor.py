@@ -82,30 +82,15 @@ def now_micros() -> int:
     return time.time_ns() // 1000
 
 
-class Store:
-    """A small connection pool plus the three pieces of database work, for one dialect."""
+class Pool:
+    """A small pool of driver connections (sqlite3 with the hub's pragmas, or psycopg in autocommit)."""
 
     def __init__(self, url: str, pool_size: int = 20) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        self.pool_size = pool_size
         self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
-        self._created = 0
-        self._pool_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(pool_size)
-        # The hub's SQLite write lock (a thread lock, then a file lock shared by worker processes).
-        self._write_lock = WriteLock(sqlite_file(url)) if self.is_sqlite else None
-        self.param = "?" if self.is_sqlite else "%s"
-        with self.connection() as conn:
-            if self.is_sqlite:
-                for stmt in SQLITE_DDL + INDEXES:
-                    conn.execute(stmt)
-            else:
-                with conn.transaction():
-                    for stmt in PG_DDL + INDEXES:
-                        conn.execute(stmt)
 
-    # ------------------------------------------------------------------ connections
     def _connect(self) -> Any:
         if self.is_sqlite:
             path = self.url.split("///", 1)[1]
@@ -119,8 +104,7 @@ class Store:
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Any]:
-        self._slots.acquire()
-        try:
+        with self._slots:
             try:
                 conn = self._idle.get_nowait()
             except queue.Empty:
@@ -131,8 +115,31 @@ class Store:
                 conn.close()
                 raise
             self._idle.put(conn)
-        finally:
-            self._slots.release()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+class Store(Pool):
+    """The connection pool plus the three pieces of database work, for one dialect."""
+
+    def __init__(self, url: str, pool_size: int = 20) -> None:
+        super().__init__(url, pool_size)
+        # The hub's SQLite write lock (a thread lock, then a file lock shared by worker processes).
+        self._write_lock = WriteLock(sqlite_file(url)) if self.is_sqlite else None
+        self.param = "?" if self.is_sqlite else "%s"
+        with self.connection() as conn:
+            if self.is_sqlite:
+                for stmt in SQLITE_DDL + INDEXES:
+                    conn.execute(stmt)
+            else:
+                with conn.transaction():
+                    for stmt in PG_DDL + INDEXES:
+                        conn.execute(stmt)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Any]:
@@ -189,13 +196,6 @@ class Store:
             else:
                 conn.cursor().executemany(version_sql, version_rows)
         return [rid for _, rid, _ in rows]
-
-    def close(self) -> None:
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
 
 
 def create_app(store: Store) -> Starlette:

@@ -18,10 +18,7 @@ with the hub's own pure functions from ``hub.search.values``; everything else is
 from __future__ import annotations
 
 import contextlib
-import queue
-import sqlite3
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -30,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bench.floor import FHIR_JSON, SQLITE_PRAGMAS, app_from_env, serve
+from bench.floor import FHIR_JSON, Pool, app_from_env, serve
 from hub.search.values import h64, hash_sys_code, normalize, parse_date_range, prefix_upper
 
 PAGE = 50  # the hub's default _count
@@ -85,48 +82,13 @@ class Answer:
         return b"".join(parts)
 
 
-class SearchStore:
-    """A small connection pool and the hand-written statements, for one dialect."""
+class SearchStore(Pool):
+    """The connection pool and the hand-written statements, for one dialect."""
 
     def __init__(self, url: str, pool_size: int = 20) -> None:
-        self.url = url
-        self.is_sqlite = url.startswith("sqlite")
+        super().__init__(url, pool_size)
         self.p = "?" if self.is_sqlite else "%s"
         self.false = "0" if self.is_sqlite else "false"
-        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
-        self._slots = threading.BoundedSemaphore(pool_size)
-
-    def _connect(self) -> Any:
-        if self.is_sqlite:
-            path = self.url.split("///", 1)[1]
-            conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
-            for pragma in SQLITE_PRAGMAS:
-                conn.execute(pragma)
-            return conn
-        import psycopg
-
-        return psycopg.connect(self.url.replace("postgresql+psycopg://", "postgresql://", 1), autocommit=True)
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[Any]:
-        with self._slots:
-            try:
-                conn = self._idle.get_nowait()
-            except queue.Empty:
-                conn = self._connect()
-            try:
-                yield conn
-            except BaseException:
-                conn.close()
-                raise
-            self._idle.put(conn)
-
-    def close(self) -> None:
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
 
     # ------------------------------------------------------------------ helpers
     def _page(self, conn: Any, answer: Answer, sql: str, args: Sequence[Any], count_sql: str | None,
