@@ -74,6 +74,9 @@ def serve(
         procs.exit_with_parent()
         hub = build_hub(settings)
         procs.advertise_service_operations(hub.router)
+        announcer = procs.CommitAnnouncer(hub.ctx.db)
+        if not hub.ctx.db.is_sqlite:  # the primary LISTENs (SQLite: it sees data_version change)
+            hub.ctx.changes.subscribe(announcer)
         app = procs.ForwardToPrimary(create_app(hub), primary, settings.max_body_bytes)
         # socket(fileno=…) reads the family from the descriptor (uvicorn's own fd= would take it for a Unix
         # socket, and asyncio then leaves Nagle on: 40 ms per answer).
@@ -81,6 +84,7 @@ def serve(
         try:
             uvicorn.Server(uvicorn.Config(app, **common)).run(sockets=[sock])  # type: ignore[arg-type]
         finally:
+            announcer.close()
             hub.close()
         return
     if settings.auth == "off":

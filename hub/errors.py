@@ -7,7 +7,7 @@ listener, CLI) translate it, and they all use :data:`CATEGORIES`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -87,6 +87,11 @@ class FhirError(Exception):
     def __post_init__(self) -> None:
         super().__init__(f"{self.code}: {self.message}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled by its fields (an HL7 mapping process hands its errors back; Exception's own
+        pickling would call ``__init__`` with the formatted text only)."""
+        return (_restore, (type(self), {f.name: getattr(self, f.name) for f in fields(self)}))
+
     @property
     def mapping(self) -> CategoryMapping:
         return CATEGORIES[self.category]
@@ -102,6 +107,10 @@ class FhirError(Exception):
 
     def outcome(self) -> dict[str, Any]:
         return operation_outcome(self.all_issues(), code=self.code)
+
+
+def _restore(cls: type[FhirError], values: dict[str, Any]) -> FhirError:
+    return cls(**values)
 
 
 def operation_outcome(issues: list[Issue], code: str | None = None) -> dict[str, Any]:

@@ -39,6 +39,7 @@ import orjson
 
 if TYPE_CHECKING:
     from hub.app import Hub
+    from hub.store.db import Database
 
 log = logging.getLogger("hub.workers")
 
@@ -48,7 +49,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-POLL = 0.005  # seconds between the primary's looks for commits of other processes
+POLL = 0.005  # SQLite: seconds between the primary's looks for commits of other processes
+OUTBOX_CHANNEL = "fhirhub_outbox"  # PostgreSQL: API workers NOTIFY here after they commit (payload: the schema)
 SERVICE_OPERATIONS = frozenset({"$status", "$events", "$resend", "$workflow-runs"})  # hub.subscriptions.operations
 SERVICE_PREFIXES = ("/admin/", "/sync/")  # hub.hl7.api, hub.sync.api
 FORWARDED_CLIENT = b"x-fhirhub-forwarded-for"
@@ -201,32 +203,61 @@ class WorkerPool:
                     self.procs[i] = self._spawn()
 
     def _watch_outbox(self) -> None:
-        """Wake the primary's consumers when another process commits. SQLite: ``PRAGMA data_version`` on a
-        connection of our own changes when any other connection commits (no SQL to plan, no table read).
-        PostgreSQL: the outbox head, by index."""
-        db, changes = self.hub.ctx.db, self.hub.ctx.changes
-        probe = "PRAGMA data_version" if db.is_sqlite else "SELECT coalesce(max(pk), 0) FROM outbox"
-        last: object = None
+        """Wake the primary's consumers when another process commits.
+
+        SQLite: ``PRAGMA data_version`` on a connection of our own changes when any other connection commits
+        (no SQL to plan, no table read), looked at every ``POLL`` seconds. PostgreSQL: ``LISTEN`` for the
+        notifications the API workers send after they commit (:class:`CommitAnnouncer`); nothing is polled.
+        Other writers (``fhirhub load``) are found by each consumer's recovery poll.
+        """
+        db = self.hub.ctx.db
         while not self._stopping:
             try:
-                with db.engine.connect() as conn:
-                    raw = conn.connection.dbapi_connection
-                    assert raw is not None
-                    cur = raw.cursor()
-                    while not self._stopping:
-                        cur.execute(probe)
-                        row = cur.fetchone()
-                        if not db.is_sqlite:
-                            raw.commit()  # no transaction left open between looks
-                        value = row[0] if row else None
-                        if value != last:
-                            if last is not None:
-                                changes.notify()
-                            last = value
-                        time.sleep(POLL)
+                if db.is_sqlite:
+                    self._poll_data_version()
+                else:
+                    self._listen()
             except Exception as exc:  # noqa: BLE001 - the slow poll of each consumer remains the fallback
                 log.warning("outbox watch failed (%s)", type(exc).__name__)
                 time.sleep(1)
+
+    def _poll_data_version(self) -> None:
+        db, changes = self.hub.ctx.db, self.hub.ctx.changes
+        last: object = None
+        with db.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            cur = raw.cursor()
+            while not self._stopping:
+                cur.execute("PRAGMA data_version")
+                row = cur.fetchone()
+                value = row[0] if row else None
+                if value != last:
+                    if last is not None:
+                        changes.notify()
+                    last = value
+                time.sleep(POLL)
+
+    def _listen(self) -> None:
+        import psycopg
+
+        db, changes = self.hub.ctx.db, self.hub.ctx.changes
+        with db.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert isinstance(raw, psycopg.Connection)
+            try:
+                raw.rollback()
+                raw.autocommit = True
+                row = raw.execute("SELECT current_schema()").fetchone()
+                schema = str(row[0]) if row else ""
+                raw.execute(f"LISTEN {OUTBOX_CHANNEL}")
+                changes.notify()  # what committed before LISTEN (at start, or while reconnecting)
+                while not self._stopping:
+                    for note in raw.notifies(timeout=1.0):  # for up to a second, then look at _stopping again
+                        if note.payload == schema:  # channels are per database: another schema is another hub
+                            changes.notify()
+            finally:
+                conn.invalidate()  # a connection in autocommit, listening: not for the pool
 
     async def stop(self) -> None:
         self._stopping = True
@@ -246,6 +277,47 @@ class WorkerPool:
                 proc.wait(5)
         if self._watch is not None:
             self._watch.join(5)
+
+
+class CommitAnnouncer:
+    """In an API worker on PostgreSQL: tell the primary that this process committed (``NOTIFY``), so that its
+    consumers (subscriptions, workflows, sync, outbound HL7) read the outbox at once.
+
+    A listener of the worker's own ``ChangeSignal``, which calls ``wake`` from its thread after commits, at
+    most once per ``min_interval`` and once more after the last one: a burst of commits costs a few
+    notifications, none is sent inside a request's transaction, and none before the commit it announces.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._conn: Any = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def wake(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if self._conn is None:  # a connection of its own, outside the pool the requests use
+                    engine = self.db.engine
+                    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+                    self._conn = engine.dialect.connect(*cargs, **{**cparams, "autocommit": True})
+                self._conn.execute(f"SELECT pg_notify('{OUTBOX_CHANNEL}', current_schema())")
+            except Exception as exc:  # noqa: BLE001 - the primary's recovery poll still finds the change
+                log.warning("commit notification not sent (%s)", type(exc).__name__)
+                self._drop()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop()
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 def exit_with_parent() -> None:

@@ -34,9 +34,43 @@ class HubProcess:
         return self.log_path.read_text(errors="replace")
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown hooks, no flushing."""
+        """SIGKILL: no shutdown hooks, no flushing. The hub's own processes (API workers, HL7 mapping
+        processes) must end by themselves soon after: none may outlive it."""
+        children = descendants(self.proc.pid)
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+        deadline = time.monotonic() + 15
+        while (left := [pid for pid in children if _alive(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert not left, f"processes of the hub outlived its SIGKILL: {left}"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            with contextlib.suppress(OSError):
+                kids = [int(c) for c in Path(f"/proc/{parent}/task/{task}/children").read_text().split()]
+                out += kids
+                todo += kids
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

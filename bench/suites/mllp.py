@@ -16,8 +16,9 @@ Rows (targets from issue 6):
   first, application processing queued). Targets: ≥ 1,000 msg/s and ≥ 0.5 × the echo (store the
   raw message, commit, prebuilt ACK). Shown beside it: the same against an echo that group-commits,
   and the ingest rate of a listener that applies at once (``apply: immediate``);
-* **apply**: the ``original`` listener answers AA only after the FHIR transaction committed:
-  the capacity of parse + map + commit through the one write path (closed loop, 8 connections);
+* **apply** (no target): the ``original`` listener answers AA only after the FHIR transaction
+  committed, closed loop, 8 connections: one message in flight each, so its rate is 8 / the
+  latency of parse + map + commit through the one write path;
 * **sustained**: the enhanced listener fed at a fixed 300 msg/s (open loop); the application
   ACKs must keep up: target ≥ 300 msg/s applied and a backlog that does not grow over the window.
 
@@ -455,7 +456,7 @@ def _connectors(workdir: Path, name: str, port: int) -> Path:
     folder.mkdir(exist_ok=True)
     (folder / f"{name}.yaml").write_text(
         f"kind: mllp-listener\nname: bench-{name}\nport: {port}\n{LISTENERS[name]}"
-        "ordering: patient\nworkers: 4\nmax_connections: 64\nmax_backlog: 500000\n")
+        "ordering: patient\nworkers: 4\nmapping_processes: 1\nmax_connections: 64\nmax_backlog: 500000\n")
     return folder
 
 
@@ -517,10 +518,8 @@ def run(db: str, workdir: Path, opts: Options) -> Section:
     section.rows.append(row)
     section.rows.append(Row("ingest vs an echo that group-commits", CONNECTIONS, 1, ingest, cells["echo"]))
     section.rows.append(Row("ingest while applying (apply: immediate)", CONNECTIONS, 1, busy, cells["echo1"]))
-    row = Row("apply: AA after FHIR commit", CONNECTIONS, 1, _applied_cell(apply), None)
-    rate = row.throughput("hub")
-    row.checks = [Check("≥ 300/s", None if rate is None else rate >= 300)]
-    section.rows.append(row)
+    # no target: with one message in flight per connection this is 8 / latency (the issue's 300/s is the sustained row)
+    section.rows.append(Row("apply: AA after FHIR commit (8 in flight, no target)", CONNECTIONS, 1, _applied_cell(apply), None))
     marks = sustained["backlog"]
     growth = marks[-1][1] - marks[0][1] if marks else None
     row = Row(f"sustained {SUSTAINED_RATE:.0f}/s offered (enhanced)", CONNECTIONS, 1, _applied_cell(sustained), None)
@@ -529,14 +528,14 @@ def run(db: str, workdir: Path, opts: Options) -> Section:
                   Check("backlog not growing", None if growth is None else growth <= SUSTAINED_RATE * 1.0)]
     section.rows.append(row)
     flows = cells["workflows"]
-    marks = flows["backlog"]
+    flow_marks = flows["backlog"]
     section.rows.append(Row(f"sustained {SUSTAINED_RATE:.0f}/s offered, shipped workflows on (no target)", CONNECTIONS, 1,
                             _applied_cell(flows), None))
     section.notes.append(
         "The rows with targets measure conversion to FHIR and commit: the hub runs there without workflows. The last "
         "row runs the shipped workflows (`workflows/`) in the same process: each booking starts its reminders and a new "
         "patient's intake, which read the resource and its versions and search; backlog over its window: "
-        f"{', '.join(f'{t:.0f}s={b}' for t, b in marks)}.")
+        f"{', '.join(f'{t:.0f}s={b}' for t, b in flow_marks)}.")
     section.notes.append(
         "Messages: the practice mix (35 % ADT^A04 + visit, 20 % ADT^A08, 45 % SIU^S12; 4 FHIR entries each but A08's 1), "
         f"a unique MSH-10 each, {CONNECTIONS} persistent MLLP connections from a separate load-generator process.")
@@ -550,6 +549,10 @@ def run(db: str, workdir: Path, opts: Options) -> Section:
         "the raw bytes, commit, send a prebuilt ACK. The second row compares with the same echo committing whatever "
         "has arrived in one transaction (`--group`), a stronger floor than the issue's.")
     section.notes.append(
+        "apply: the `original` listener, one message in flight per connection (each sender waits for its AA): its rate "
+        "is 8 divided by the latency of parse + map + commit, a measure of latency more than of capacity, so it carries "
+        "no target; the issue's target (300 msg/s converted and committed, sustained, without a growing backlog) is "
+        "the sustained row. "
         f"apply / sustained: throughput and latency of the application ACKs (AA after the FHIR commit). Sustained: offered "
         f"{SUSTAINED_RATE:.0f}/s open loop; backlog (sent − applied) over the window: "
         f"{', '.join(f'{t:.0f}s={b}' for t, b in marks)}.")

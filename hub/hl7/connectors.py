@@ -54,6 +54,7 @@ class Listener:
     apply: str = "immediate"  # immediate | idle (apply only after apply_idle seconds without a message)
     apply_idle: float = 0.2
     workers: int = 4
+    mapping_processes: int = 0  # 0: map in the worker threads; N: in N processes (hub/hl7/mapper.py)
     max_message_bytes: int = 1024 * 1024
     max_connections: int = 64
     max_backlog: int = 20000
@@ -198,7 +199,8 @@ def load(settings: Hl7Settings | None = None, directory: Path | None = None) -> 
                     timezone=data.get("timezone"), parser=str(data.get("parser", "split")),
                     ack_mode=str(data.get("ack_mode", "original")), ordering=str(data.get("ordering", "connection")),
                     apply=str(data.get("apply", "immediate")), apply_idle=float(data.get("apply_idle", 0.2)),
-                    workers=int(data.get("workers", 4)), max_message_bytes=int(data.get("max_message_bytes", 1 << 20)),
+                    workers=int(data.get("workers", 4)), mapping_processes=int(data.get("mapping_processes", 0)),
+                    max_message_bytes=int(data.get("max_message_bytes", 1 << 20)),
                     max_connections=int(data.get("max_connections", 64)), max_backlog=int(data.get("max_backlog", 20000)),
                     frame_timeout=float(data.get("frame_timeout", 30)), idle_timeout=float(data.get("idle_timeout", 3600)),
                     ack_sending_application=data.get("ack_sending_application"),

@@ -38,6 +38,7 @@ from hub.hl7.ack import Header, read_header
 from hub.hl7.connectors import Listener
 from hub.hl7.errors import Hl7Error
 from hub.hl7.known import Known
+from hub.hl7.mapper import Mapper, ThreadMapper, mapper_for
 from hub.hl7.mllp import Abandoned, FrameDecoder, Garbage, Oversized, frame
 from hub.hl7.pipeline import Pipeline, Prepared, Result, error_from_row, oversized_error, unavailable_error
 from hub.hl7.store import Incoming, Receipt, StoreWriter
@@ -324,6 +325,7 @@ class ListenerService:
                                  Known(runtime.db))
         self.writer: StoreWriter = runtime.writer
         self.executor = concurrent.futures.ThreadPoolExecutor(connector.workers, thread_name_prefix=f"hl7-{connector.name}")
+        self.mapper: Mapper = ThreadMapper(self.pipeline, self.executor)  # mapping processes, if any, start with start()
         self.sequencer = Sequencer()
         self.connections: set[Connection] = set()
         self.inflight: dict[int, asyncio.Future[tuple[str, Hl7Error | None]]] = {}
@@ -358,6 +360,8 @@ class ListenerService:
         """Bind the port (serving starts after the recovery of stored messages). A port that cannot be
         bound (in use, not allowed) does not stop the hub: it is logged and tried again every few seconds."""
         self.runtime.start()
+        self.mapper = mapper_for(self.connector, self.pipeline, self.executor, self.runtime.settings.mappings_reload_seconds)
+        await self.mapper.start()
         if not await self._bind(first=True):
             self._spawn(self._bind_later())
         self._spawn(self._reaper())
@@ -406,6 +410,7 @@ class ListenerService:
             t.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(None, self.mapper.close)
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.committer.shutdown(wait=True, cancel_futures=True)
 
@@ -704,13 +709,12 @@ class ListenerService:
             raise Stopping  # stays stored (received); the next start processes it
 
     async def _process(self, pk: int, payload: bytes, peer: str | None, ticket: Any, conn_key: object) -> Result:
-        loop = asyncio.get_running_loop()
         await ticket.wait()
         await self._until_idle()
         # mapping runs ahead of the commits by at most AHEAD messages: a backlog is not mapped all at once
         # while the commits starve for the interpreter
         async with self._ahead:
-            prepared: Prepared = await loop.run_in_executor(self.executor, self.pipeline.prepare, pk, payload, peer)
+            prepared: Prepared = await self.mapper.prepare(pk, payload, peer)
             if self.connector.ordering == "patient":
                 lane = self.sequencer.reserve(("patient", prepared.patient_key) if prepared.patient_key else conn_key)
                 ticket.release()  # the next message of this connection may be mapped now

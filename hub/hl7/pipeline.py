@@ -108,6 +108,33 @@ class MappingCache:
         return reloaded
 
 
+# ------------------------------------------------------------------------------------ parse, filter, map
+
+
+def prepare(connector: Listener, mappings: MappingSet, pk: int, raw: bytes, peer: str | None = None) -> Prepared:
+    """Parse, filter and map one stored message (pure: nothing is read or written, so it runs in a thread
+    or in a mapping process alike, see :mod:`hub.hl7.mapper`). Failures are carried, not raised."""
+    t0 = time.perf_counter()
+    prepared = Prepared(pk, raw, peer)
+    try:
+        msg = parse(raw, parser=connector.parser)
+        prepared.message_type = f"{msg.message_code}^{msg.trigger}" if msg.trigger else msg.message_code
+        if not connector.accepts(prepared.message_type):
+            raise unsupported_error(f"{prepared.message_type} is not accepted by connector {connector.name}")
+        prepared.conversion = convert(msg, mappings, sender_systems=connector.sender_systems or None,
+                                      timezone=connector.timezone)
+        prepared.bundle_json = orjson.dumps(prepared.conversion.bundle)
+        prepared.merges = merged_patients(prepared.conversion.bundle)
+    except Hl7Error as err:
+        prepared.error = err
+    except Exception as exc:  # noqa: BLE001 - the edge: a bug must not take the listener down
+        log.error("hl7 message %d could not be mapped type=%s", pk, type(exc).__name__)
+        log.debug("hl7 failure detail", exc_info=exc)
+        prepared.error = hl7_error(Category.INTERNAL, "HL7-INTERNAL", "internal error while mapping the message")
+    prepared.seconds["convert"] = time.perf_counter() - t0
+    return prepared
+
+
 # ------------------------------------------------------------------------------------ ACKs
 
 
@@ -215,26 +242,7 @@ class Pipeline:
 
     def prepare(self, pk: int, raw: bytes, peer: str | None = None, *, mappings: MappingSet | None = None) -> Prepared:
         """Parse, filter and map (pure: nothing is written). Failures are carried, not raised."""
-        t0 = time.perf_counter()
-        prepared = Prepared(pk, raw, peer)
-        try:
-            msg = parse(raw, parser=self.connector.parser)
-            prepared.message_type = f"{msg.message_code}^{msg.trigger}" if msg.trigger else msg.message_code
-            if not self.connector.accepts(prepared.message_type):
-                raise unsupported_error(f"{prepared.message_type} is not accepted by connector {self.connector.name}")
-            ms = mappings or self.mappings.get(self.connector.mappings)
-            prepared.conversion = convert(msg, ms, sender_systems=self.connector.sender_systems or None,
-                                          timezone=self.connector.timezone)
-            prepared.bundle_json = orjson.dumps(prepared.conversion.bundle)
-            prepared.merges = merged_patients(prepared.conversion.bundle)
-        except Hl7Error as err:
-            prepared.error = err
-        except Exception as exc:  # noqa: BLE001 - the edge: a bug must not take the listener down
-            log.error("hl7 message %d could not be mapped type=%s", pk, type(exc).__name__)
-            log.debug("hl7 failure detail", exc_info=exc)
-            prepared.error = hl7_error(Category.INTERNAL, "HL7-INTERNAL", "internal error while mapping the message")
-        prepared.seconds["convert"] = time.perf_counter() - t0
-        return prepared
+        return prepare(self.connector, mappings or self.mappings.get(self.connector.mappings), pk, raw, peer)
 
     def apply(self, prepared: Prepared) -> Result:
         """Commit a prepared message through the one write path (or answer its error)."""

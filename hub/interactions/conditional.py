@@ -178,8 +178,8 @@ def _fast_sql(ctx: Context, res_type: str, criteria: str, pg: bool) -> tuple[str
     if not q.clauses:
         return None
     p = "%s" if pg else "?"
-    where: list[str] = []
-    params: list[Any] = [False, res_type]
+    where: list[tuple[str, list[Any]]] = []  # tests of the resource row, with their parameters
+    keyed: list[tuple[str, list[Any]]] = []  # PostgreSQL: the positive tests, by primary key
     for c in q.clauses:
         if not isinstance(c, ParamClause) or c.missing is not None or c.components or c.table not in _FAST_TABLES:
             return None
@@ -187,16 +187,31 @@ def _fast_sql(ctx: Context, res_type: str, criteria: str, pg: bool) -> tuple[str
         if not conds or len(conds) > _MAX_VALUES:
             return None
         parts: list[str] = []
+        values: list[Any] = []
         for cond in conds:
-            sql = _cond_sql(cond, p, params)
+            sql = _cond_sql(cond, p, values)
             if sql is None:
                 return None
             parts.append(sql)
         table = TABLE_BY_TYPE[c.table].name
-        test = f"pk IN (SELECT resource_pk FROM {table} WHERE {' OR '.join(parts) if len(parts) > 1 else parts[0]})"
-        where.append(f"NOT ({test})" if c.negate else test)
-    sql = f"SELECT pk, res_id FROM resource WHERE deleted = {p} AND res_type = {p} AND {' AND '.join(where)}"
-    return sql + " ORDER BY pk", params
+        inner = f"SELECT resource_pk FROM {table} WHERE {' OR '.join(parts) if len(parts) > 1 else parts[0]}"
+        if c.negate:
+            where.append((f"NOT (pk IN ({inner}))", values))
+        elif pg:
+            keyed.append((f"pk = ANY(ARRAY({inner}))", values))
+        else:
+            where.append((f"pk IN ({inner})", values))
+    tests = " AND ".join([f"deleted = {p}", f"res_type = {p}", *(t for t, _ in where)])
+    test_params = [False, res_type, *(v for _, vs in where for v in vs)]
+    if not keyed:
+        return f"SELECT pk, res_id FROM resource WHERE {tests} ORDER BY pk", test_params
+    # PostgreSQL: the index rows first (InitPlans), then the resources by primary key, and only then the type and
+    # deleted tests (OFFSET 0 keeps them out of the scan). Left to itself the planner may walk every resource of
+    # the type and test each, as it does on a table that grew since its statistics were taken (a first HL7 feed
+    # into a new database: each look-up then costs O(resources of the type), and ingest slows down as it goes).
+    by_key = " AND ".join(t for t, _ in keyed)
+    sql = f"SELECT pk, res_id FROM (SELECT pk, res_id, res_type, deleted FROM resource WHERE {by_key} OFFSET 0) AS k WHERE {tests}"
+    return sql + " ORDER BY pk", [*(v for _, vs in keyed for v in vs), *test_params]
 
 
 _OPS = frozenset({"=", "!=", "<", "<=", ">", ">="})

@@ -164,6 +164,18 @@ class Repository:
             return None
         return Stored(row[0], res_type, res_id, version, row[1], bool(row[2]), _bytes(row[3]))
 
+    def _read_current(self, conn: Connection, items: list[tuple[_Current, WriteResult]]) -> None:
+        """Fill in the current version of each unchanged resource (locked by ``_lock_current``): one statement."""
+        for n in range(0, len(items), 200):
+            chunk = items[n : n + 200]
+            where = " OR ".join(["(resource_pk = {p} AND version = {p})"] * len(chunk))
+            rows = sql.fetch_all(conn, f"SELECT resource_pk, data FROM resource_version WHERE {where}",
+                                 tuple(x for cur, _ in chunk for x in (cur.pk, cur.version)))
+            data = {int(pk): _bytes(blob) for pk, blob in rows}
+            for cur, result in chunk:
+                c = result.change
+                result.stored = Stored(cur.pk, c.res_type, c.res_id, cur.version, cur.last_updated, False, data[cur.pk])
+
     def exists(self, conn: Connection, res_type: str, res_id: str) -> bool:
         r = resource_t.c
         return conn.execute(select(r.pk).where(r.res_type == res_type, r.res_id == res_id)).first() is not None
@@ -198,6 +210,7 @@ class Repository:
         new_results: list[WriteResult] = []
         updates: list[tuple[Any, ...]] = []  # UPDATE_COLS + pk
         reindex: list[tuple[int | None, WriteResult, dict[str, Any] | None]] = []
+        unchanged: list[tuple[_Current, WriteResult]] = []
         for change in changes:
             cur = current.get((change.res_type, change.res_id))
             self._check_preconditions(change, cur)
@@ -213,7 +226,9 @@ class Repository:
             else:
                 digest = content_hash(change.resource)
                 if cur is not None and not cur.deleted and cur.content_hash == digest and change.method != "POST":
-                    results.append(WriteResult(change, "unchanged", self.read(conn, change.res_type, change.res_id)))
+                    result = WriteResult(change, "unchanged", None)  # its stored bytes: read below, all in one
+                    unchanged.append((cur, result))
+                    results.append(result)
                     continue
                 version = 1 if cur is None else cur.version + 1
                 body = _with_meta(change.resource, change.res_id, version, now)
@@ -231,6 +246,8 @@ class Repository:
                     reindex.append((cur.pk, result, body))
             results.append(result)
 
+        if unchanged:
+            self._read_current(conn, unchanged)
         if new_rows:
             if len(new_rows) == 1:
                 pks = [sql.insert_one_returning_pk(conn, resource_t, RESOURCE_COLS, new_rows[0])]

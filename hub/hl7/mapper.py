@@ -1,0 +1,170 @@
+"""Where a listener parses and maps its messages: in its worker threads, or in mapping processes.
+
+Parsing and mapping (:func:`hub.hl7.pipeline.prepare`) are pure Python and CPU-bound: in the
+hub's process they share one interpreter lock with the event loop, the commits, the outbox
+dispatcher and the workflows. A listener with ``mapping_processes: N`` (N >= 1) maps in N
+processes of its own instead (``concurrent.futures.ProcessPoolExecutor``, started with ``spawn``,
+so no thread or socket of the hub is inherited); the hub's process keeps the store, the commits
+and the ACKs. What crosses over: the stored message's key and bytes one way, the
+:class:`~hub.hl7.pipeline.Prepared` (the Bundle, its errors) back.
+
+Each mapping process loads the connector's mapping set itself and checks it for changes as often
+as the hub does (``FHIRHUB_MAPPINGS_RELOAD_SECONDS``): a broken edit is reported by the hub's own
+reload and keeps the previous set in use in both. If a mapping process dies, the message it held
+is mapped again in a thread and a new pool is started: nothing acknowledged depends on it, since
+the message is stored before it is mapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Protocol
+
+from hub.hl7.connectors import Listener
+from hub.hl7.pipeline import MappingCache, Pipeline, Prepared, prepare
+
+log = logging.getLogger("hub.hl7")
+
+
+class Mapper(Protocol):
+    """Parse, filter and map a stored message (never raises: failures are carried in the result)."""
+
+    async def start(self) -> None: ...
+
+    async def prepare(self, pk: int, raw: bytes, peer: str | None) -> Prepared: ...
+
+    def close(self) -> None: ...
+
+
+class ThreadMapper:
+    """Maps in the listener's worker threads (``mapping_processes: 0``, the default)."""
+
+    def __init__(self, pipeline: Pipeline, executor: concurrent.futures.Executor) -> None:
+        self.pipeline = pipeline
+        self.executor = executor
+
+    async def start(self) -> None:
+        pass
+
+    async def prepare(self, pk: int, raw: bytes, peer: str | None) -> Prepared:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.pipeline.prepare, pk, raw, peer)
+
+    def close(self) -> None:
+        pass  # the executor is the listener's
+
+
+class ProcessMapper:
+    """Maps in ``connector.mapping_processes`` processes; falls back to ``fallback`` if one dies."""
+
+    def __init__(self, connector: Listener, reload_seconds: float, fallback: ThreadMapper, log_level: int) -> None:
+        self.connector = connector
+        self.reload_seconds = reload_seconds
+        self.fallback = fallback
+        self.log_level = log_level
+        self.restarts = 0
+        self._pool = self._start()
+
+    def _start(self) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(
+            self.connector.mapping_processes, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_child_start, initargs=(_ChildConfig(self.connector, self.reload_seconds, self.log_level),))
+
+    async def start(self) -> None:
+        """Start every mapping process and load its mapping set before the first message arrives."""
+        pool = self._pool
+        await asyncio.gather(*(asyncio.wrap_future(pool.submit(_child_ready)) for _ in range(self.connector.mapping_processes)))
+
+    async def prepare(self, pk: int, raw: bytes, peer: str | None) -> Prepared:
+        pool = self._pool
+        try:
+            prepared: Prepared = await asyncio.wrap_future(pool.submit(_child_prepare, pk, raw, peer))
+        except BrokenProcessPool:
+            # a mapping process died (killed, out of memory): this message is mapped here, the pool replaced
+            if pool is self._pool:
+                log.error("mllp %s: a mapping process stopped; starting new ones", self.connector.name)
+                self.restarts += 1
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._start()
+            return await self.fallback.prepare(pk, raw, peer)
+        prepared.raw = raw  # not sent back: the hub has it
+        return prepared
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def mapper_for(connector: Listener, pipeline: Pipeline, executor: concurrent.futures.Executor,
+               reload_seconds: float) -> Mapper:
+    threads = ThreadMapper(pipeline, executor)
+    if connector.mapping_processes < 1:
+        return threads
+    return ProcessMapper(connector, reload_seconds, threads, logging.getLogger("hub").getEffectiveLevel())
+
+
+# ------------------------------------------------------------------------------ in the mapping process
+
+
+@dataclass(frozen=True)
+class _ChildConfig:
+    connector: Listener
+    reload_seconds: float
+    log_level: int
+
+
+@dataclass
+class _Child:
+    config: _ChildConfig
+    mappings: MappingCache
+    checked: float
+
+
+# A worker process of the pool serves one listener: its state is set once by the pool's initializer.
+_child: _Child | None = None
+
+
+def _child_start(config: _ChildConfig) -> None:
+    global _child  # noqa: PLW0603 - the pool's initializer is the only way to give a worker process its state
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the hub, which then stops its pool
+    _exit_with_parent()
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s [mapping] %(message)s")
+    mappings = MappingCache()
+    mappings.get(config.connector.mappings)  # loaded (and checked) before the first message
+    _child = _Child(config, mappings, time.monotonic())
+
+
+def _exit_with_parent() -> None:
+    """End this process once the hub is gone, also after a SIGKILL of the hub (which stops no pool): the
+    pool's queues would otherwise keep it waiting forever."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _child_ready() -> bool:
+    return _child is not None
+
+
+def _child_prepare(pk: int, raw: bytes, peer: str | None) -> Prepared:
+    child = _child
+    assert child is not None, "the mapping process was not initialized"
+    every = child.config.reload_seconds
+    if every > 0 and time.monotonic() - child.checked >= every:
+        child.checked = time.monotonic()
+        child.mappings.check()
+    prepared = prepare(child.config.connector, child.mappings.get(child.config.connector.mappings), pk, raw, peer)
+    prepared.raw = b""  # the hub has the bytes already
+    return prepared

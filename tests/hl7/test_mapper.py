@@ -1,0 +1,68 @@
+"""``mapping_processes``: a listener that parses and maps in processes of its own (hub/hl7/mapper.py).
+
+Same answers as mapping in threads (AA after the commit, AE with its ERR, AR); a mapping error crosses
+the process boundary whole; a mapping process that dies is replaced and the message it held is mapped
+in a thread, so nothing the sender was owed goes unanswered.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+
+import pytest
+
+from hub.app import Hub
+from hub.errors import Category
+from hub.hl7.errors import Hl7Error
+from hub.hl7.mapper import ProcessMapper, ThreadMapper
+from tests.hl7.support import Client, adt, err, listener, msa, running, search, uid
+
+on_loop = pytest.mark.asyncio(loop_scope="function")
+SYSTEM = "urn:fhirhub:id:CLINIC"
+
+
+def test_errors_cross_a_process_boundary_whole() -> None:
+    error = Hl7Error(Category.INVALID, "HL7-REQUIRED", "PID-3 is required", location="PID^1^3", hl7_code="101")
+    copy = pickle.loads(pickle.dumps(error))
+    assert copy == error and str(copy) == str(error) and type(copy) is Hl7Error
+
+
+@on_loop
+async def test_messages_mapped_in_a_process_are_answered_as_in_threads(hub: Hub) -> None:
+    mrn, cid, bad = uid(), uid(), uid()
+    async with running(hub, [listener(mapping_processes=1)]) as rt:
+        service = rt.listeners["test-in"]
+        assert isinstance(service.mapper, ProcessMapper)
+        client = await Client.connect(service.port)
+        ack = await client.call(adt(cid, mrn))
+        # IN1 without the insurance company: Coverage.payor cannot be filled (AE located at IN1-4)
+        refused = await client.call(adt(bad, uid(), extra="IN1|1|PLAN1|||||||||||||||Secretname^Ada"))
+        unsupported = await client.call(adt(uid(), uid()).replace("ADT^A04", "ORU^R01", 1))
+        await client.close()
+    assert msa(ack) == ("AA", cid)
+    [patient] = search(hub, "Patient", identifier=f"{SYSTEM}|{mrn}")
+    assert patient["name"][0]["family"] == "Testperson"
+    assert msa(refused) == ("AE", bad)
+    e = err(refused)
+    assert e is not None and "IN1^1^4" in e and "101" in e
+    assert msa(unsupported)[0] == "AR"
+
+
+@on_loop
+async def test_a_mapping_process_that_dies_is_replaced_and_its_message_answered(hub: Hub) -> None:
+    async with running(hub, [listener(mapping_processes=1)]) as rt:
+        service = rt.listeners["test-in"]
+        mapper = service.mapper
+        assert isinstance(mapper, ProcessMapper)
+        client = await Client.connect(service.port)
+        first = uid()
+        assert msa(await client.call(adt(first, uid())))[0] == "AA"
+        for pid in list(mapper._pool._processes):  # the pool's worker processes
+            os.kill(pid, signal.SIGKILL)
+        answers = [msa(await client.call(adt(cid, mrn))) for cid, mrn in [(uid(), uid()) for _ in range(3)]]
+        await client.close()
+        assert mapper.restarts == 1
+        assert isinstance(mapper.fallback, ThreadMapper)
+    assert [code for code, _ in answers] == ["AA", "AA", "AA"]
