@@ -33,6 +33,7 @@ from hub.hl7.connectors import Listener
 from hub.hl7.pipeline import MappingCache, Pipeline, Prepared, prepare
 
 log = logging.getLogger("hub.hl7")
+RESTART_QUIET = 60.0  # seconds: mapping processes that die again this soon after a restart are not restarted
 
 
 class Mapper(Protocol):
@@ -71,7 +72,8 @@ class ProcessMapper:
         self.fallback = fallback
         self.log_level = log_level
         self.restarts = 0
-        self._pool = self._start()
+        self._restarted_at = -RESTART_QUIET
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = self._start()
 
     def _start(self) -> concurrent.futures.ProcessPoolExecutor:
         return concurrent.futures.ProcessPoolExecutor(
@@ -81,25 +83,42 @@ class ProcessMapper:
     async def start(self) -> None:
         """Start every mapping process and load its mapping set before the first message arrives."""
         pool = self._pool
-        await asyncio.gather(*(asyncio.wrap_future(pool.submit(_child_ready)) for _ in range(self.connector.mapping_processes)))
+        assert pool is not None
+        try:
+            await asyncio.gather(*(asyncio.wrap_future(pool.submit(_child_ready))
+                                   for _ in range(self.connector.mapping_processes)))
+        except BrokenProcessPool:
+            self._give_up(pool)
 
     async def prepare(self, pk: int, raw: bytes, peer: str | None) -> Prepared:
         pool = self._pool
+        if pool is None:
+            return await self.fallback.prepare(pk, raw, peer)
         try:
             prepared: Prepared = await asyncio.wrap_future(pool.submit(_child_prepare, pk, raw, peer))
         except BrokenProcessPool:
             # a mapping process died (killed, out of memory): this message is mapped here, the pool replaced
             if pool is self._pool:
-                log.error("mllp %s: a mapping process stopped; starting new ones", self.connector.name)
-                self.restarts += 1
-                pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._start()
+                if time.monotonic() - self._restarted_at < RESTART_QUIET:
+                    self._give_up(pool)  # new ones die too (they cannot start): the threads map from now on
+                else:
+                    log.error("mllp %s: a mapping process stopped; starting new ones", self.connector.name)
+                    self.restarts += 1
+                    self._restarted_at = time.monotonic()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    self._pool = self._start()
             return await self.fallback.prepare(pk, raw, peer)
         prepared.raw = raw  # not sent back: the hub has it
         return prepared
 
+    def _give_up(self, pool: concurrent.futures.ProcessPoolExecutor) -> None:
+        log.error("mllp %s: mapping processes cannot run; mapping in the listener's threads", self.connector.name)
+        pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def mapper_for(connector: Listener, pipeline: Pipeline, executor: concurrent.futures.Executor,

@@ -28,16 +28,20 @@ def _create(hub: Hub) -> None:
 
 
 @contextmanager
-def _watching(hub: Hub) -> Iterator[WorkerPool]:
+def _watching(url: str, content: Content) -> Iterator[Hub]:
+    """The primary: a hub whose ``WorkerPool`` watch (without workers) runs for the block."""
+    hub = build_hub(Settings(database_url=url), content=content)
+    upgrade(hub.ctx.db)
     with socket.socket() as sock:
         pool = WorkerPool(hub, 0, sock, "")
         thread = threading.Thread(target=pool._watch_outbox, daemon=True)
         thread.start()
         try:
-            yield pool
+            yield hub
         finally:
             pool._stopping = True
             thread.join(5)
+            hub.close()
             assert not thread.is_alive()
 
 
@@ -65,28 +69,18 @@ def _worker(url: str, content: Content) -> Iterator[Hub]:
 
 
 def test_a_commit_of_a_worker_wakes_the_primary(db_url: str, content: Content) -> None:
-    primary = build_hub(Settings(database_url=db_url), content=content)
-    upgrade(primary.ctx.db)
-    try:
-        with _worker(db_url, content) as worker, _watching(primary):
-            generation = _settled(primary)
-            _create(worker)
-            assert primary.ctx.changes.wait(generation, 5) > generation
-    finally:
-        primary.close()
+    with _watching(db_url, content) as primary, _worker(db_url, content) as worker:
+        generation = _settled(primary)
+        _create(worker)
+        assert primary.ctx.changes.wait(generation, 5) > generation
 
 
 def test_postgresql_a_hub_in_another_schema_does_not_wake_the_primary(content: Content) -> None:
-    with fresh_postgres_schema() as url, fresh_postgres_schema() as elsewhere:
-        primary = build_hub(Settings(database_url=url), content=content)
-        upgrade(primary.ctx.db)
-        try:
-            with _worker(elsewhere, content) as stranger, _watching(primary):
-                generation = _settled(primary)
-                _create(stranger)
-                assert primary.ctx.changes.wait(generation, 1.0) == generation
-        finally:
-            primary.close()
+    with fresh_postgres_schema() as url, fresh_postgres_schema() as elsewhere, _watching(url, content) as primary, \
+            _worker(elsewhere, content) as stranger:
+        generation = _settled(primary)
+        _create(stranger)
+        assert primary.ctx.changes.wait(generation, 1.0) == generation
 
 
 def test_postgresql_a_burst_of_commits_is_announced_in_few_notifications_the_last_after_the_last_commit(
