@@ -321,8 +321,9 @@ class CommitAnnouncer:
 
 
 def exit_with_parent() -> None:
-    """In an API worker: shut down (SIGTERM to ourselves: uvicorn finishes the requests in flight) once the
-    primary is gone, also after a SIGKILL of the primary, which can run no shutdown code of its own."""
+    """In an API worker or an HL7 mapping process: shut down (SIGTERM to ourselves: uvicorn finishes the
+    requests in flight) once the parent is gone, also after a SIGKILL of the parent, which can run no
+    shutdown code of its own."""
     parent = os.getppid()
 
     def watch() -> None:

@@ -11,8 +11,9 @@ and the ACKs. What crosses over: the stored message's key and bytes one way, the
 Each mapping process loads the connector's mapping set itself and checks it for changes as often
 as the hub does (``FHIRHUB_MAPPINGS_RELOAD_SECONDS``): a broken edit is reported by the hub's own
 reload and keeps the previous set in use in both. If a mapping process dies, the message it held
-is mapped again in a thread and a new pool is started: nothing acknowledged depends on it, since
-the message is stored before it is mapped.
+is mapped again in a thread and a new pool is started (if the new ones die within ``RESTART_QUIET``
+seconds too, the listener maps in its threads from then on): nothing acknowledged depends on it,
+since the message is stored before it is mapped. A mapping process ends when the hub is gone.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ import asyncio
 import concurrent.futures
 import logging
 import multiprocessing
-import os
 import signal
-import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -152,25 +151,15 @@ _child: _Child | None = None
 
 def _child_start(config: _ChildConfig) -> None:
     global _child  # noqa: PLW0603 - the pool's initializer is the only way to give a worker process its state
+    from hub.workers import exit_with_parent
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the hub, which then stops its pool
-    _exit_with_parent()
+    # a SIGKILL of the hub stops no pool, and the pool's queues would keep this process waiting forever
+    exit_with_parent()
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s [mapping] %(message)s")
     mappings = MappingCache()
     mappings.get(config.connector.mappings)  # loaded (and checked) before the first message
     _child = _Child(config, mappings, time.monotonic())
-
-
-def _exit_with_parent() -> None:
-    """End this process once the hub is gone, also after a SIGKILL of the hub (which stops no pool): the
-    pool's queues would otherwise keep it waiting forever."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _child_ready() -> bool:
