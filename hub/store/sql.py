@@ -54,6 +54,15 @@ def _unnest_sql(table: Table, columns: tuple[str, ...], dialect: Any) -> str:
     return f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
 
 
+@cache
+def _update_unnest_sql(table: Table, columns: tuple[str, ...], dialect: Any) -> str:
+    types = [table.columns[c].type.compile(dialect=dialect).split(" COLLATE ")[0] for c in (*columns, "pk")]
+    arrays = ", ".join(f"%s::{t}[]" for t in types)
+    sets = ", ".join(f"{c} = u.{c}" for c in columns)
+    return (f"UPDATE {table.name} SET {sets} FROM unnest({arrays}) AS u({', '.join(columns)}, pk)"
+            f" WHERE {table.name}.pk = u.pk")
+
+
 def insert_columns(table: Table) -> tuple[str, ...]:
     """Every column but the surrogate key, in table order."""
     return tuple(c.name for c in table.columns if c.name != "pk")
@@ -144,7 +153,11 @@ def delete_where_in(conn: Connection, table: Table, column: str, values: Iterabl
 
 
 def update_by_pk(conn: Connection, table: Table, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> None:
-    """``rows`` are the new values of ``columns`` followed by the pk."""
+    """``rows`` are the new values of ``columns`` followed by the pk. On PostgreSQL several rows are one
+    ``UPDATE … FROM unnest(array per column)``: one statement, one text, parameters dumped in C."""
+    if conn.dialect.name == "postgresql" and len(rows) > 1:
+        _execute(conn, _update_unnest_sql(table, columns, conn.dialect), [list(col) for col in zip(*rows, strict=True)]).close()
+        return
     if rows:
         ph = _placeholder(conn)
         sets = ", ".join(f"{c} = {ph}" for c in columns)

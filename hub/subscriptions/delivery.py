@@ -29,6 +29,7 @@ import tenacity
 from sqlalchemy import and_, bindparam, select, update
 from tenacity.wait import wait_base
 
+from hub.store import sql
 from hub.store.tables import version_t
 from hub.subscriptions import notify
 from hub.subscriptions.notify import Event
@@ -55,6 +56,7 @@ async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
 log = logging.getLogger("hub.subscriptions.delivery")
 Key = tuple[str, str, str]  # (subscription, type, id)
 FLUSH_EVERY = 0.02  # seconds between outcome writes while there are outcomes
+OUTCOME_COLS = ("status", "attempts", "next_at", "first_attempt_at", "done_at", "last_status", "last_error")
 
 
 def backoff_strategy(initial: float, maximum: float) -> wait_base:
@@ -422,30 +424,14 @@ class DeliveryEngine:
         await self.flushed()
 
     def _write(self, batch: list[Outcome]) -> None:
-        d = delivery_t.c
         rows = [
-            {
-                "b_pk": o.item.ev.pk,
-                "status": o.status,
-                "attempts": o.item.attempts,
-                "next_at": o.item.next_at,
-                "first_attempt_at": o.item.first_attempt_at,
-                "done_at": o.at if o.status != "pending" else None,
-                "last_status": o.http_status,
-                "last_error": (o.error or "")[:500] or None,
-            }
+            (o.status, o.item.attempts, o.item.next_at, o.item.first_attempt_at, o.at if o.status != "pending" else None,
+             o.http_status, (o.error or "")[:500] or None, o.item.ev.pk)
             for o in batch
         ]
         states = self.service.state_rows()
         with self.service.db.write() as conn:
-            conn.execute(
-                update(delivery_t).where(d.pk == bindparam("b_pk")).values(
-                    status=bindparam("status"), attempts=bindparam("attempts"), next_at=bindparam("next_at"),
-                    first_attempt_at=bindparam("first_attempt_at"), done_at=bindparam("done_at"),
-                    last_status=bindparam("last_status"), last_error=bindparam("last_error"),
-                ),
-                rows,
-            )
+            sql.update_by_pk(conn, delivery_t, OUTCOME_COLS, rows)
             if states:
                 s = sub_state_t.c
                 conn.execute(

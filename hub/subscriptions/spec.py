@@ -12,10 +12,11 @@ FHIRPath condition over ``%previous``/``%current`` is true. Topic triggers may a
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,15 +299,18 @@ class Matcher:
         return rows
 
     def matches(self, res_type: str, query: str | None, resource: Mapping[str, Any] | None,
-                rows: Mapping[Table, list[dict[str, Any]]] | None) -> bool:
+                rows: Callable[[], Mapping[Table, list[dict[str, Any]]] | None] | None = None) -> bool:
+        """Whether ``resource`` meets ``query``; ``rows`` gives its index rows (computed only when a query
+        needs them: criteria without parameters, such as ``Patient?``, match every resource of the type)."""
         if resource is None:
             return False
         if not query:
             return True
         from hub.search.memory import MemoryMatcher
 
+        index = rows() if rows is not None else None
         try:
-            return bool(MemoryMatcher(resource, rows if rows is not None else self.rows(resource)).query(self._query(res_type, query)))
+            return bool(MemoryMatcher(resource, index if index is not None else self.rows(resource)).query(self._query(res_type, query)))
         except FhirError:
             return False
 
@@ -333,14 +337,15 @@ class Change:
         if t.res_type != self.res_type or self.interaction not in t.interactions:
             return False
         subject = self.current if self.current is not None else self.previous  # a delete is judged on the last content
-        subject_rows = self._rows_of(0 if self.current is not None else 1)
+        which = 0 if self.current is not None else 1
+        subject_rows = functools.partial(self._rows_of, which)
         m = self._matcher
         if t.previous is not None or t.require_both:
-            cur_ok = m.matches(t.res_type, t.current, self.current, self._rows_of(0)) if self.current is not None else False
+            cur_ok = m.matches(t.res_type, t.current, self.current, functools.partial(self._rows_of, 0)) if self.current is not None else False
             if self.previous is None:
                 prev_ok = True  # resultForCreate: test-passes
             else:
-                prev_ok = m.matches(t.res_type, t.previous, self.previous, self._rows_of(1))
+                prev_ok = m.matches(t.res_type, t.previous, self.previous, functools.partial(self._rows_of, 1))
             if self.current is None:
                 cur_ok = t.current is None
             if not ((cur_ok and prev_ok) if t.require_both else (cur_ok or prev_ok)):
