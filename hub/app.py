@@ -135,6 +135,7 @@ def create_app(hub: Hub) -> FastAPI:
         finally:
             for service in reversed(started):
                 await service.stop()
+            executor.shutdown(wait=False, cancel_futures=True)
 
     kwargs: dict[str, Any] = {}
     if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
@@ -146,7 +147,7 @@ def create_app(hub: Hub) -> FastAPI:
     external = ExternalIssuer(settings.auth_issuer, settings.auth_jwks_url, settings.auth_audience) if settings.auth_issuer else None
     authenticator = Authenticator(settings, hub.tokens, external)
     auth_api.mount(app, settings, hub.tokens, hub.ctx.audit)
-    fhir_api.mount(app, hub.router, settings, authenticator)
+    executor = fhir_api.mount(app, hub.router, settings, authenticator)
     from hub.hl7 import api as hl7_api
     from hub.sync import api as sync_api
 

@@ -12,9 +12,9 @@ One Python process runs one core's worth of Python. With ``workers`` above 1, ``
   ``/sync/…``) are forwarded to the primary over its socket, with the caller's token, address and scheme.
 
 Every process writes through the same repository function; on SQLite they queue on one file lock
-(:class:`hub.store.db.WriteLock`). The primary learns of commits made by the workers every ``POLL`` seconds
-(SQLite: ``PRAGMA data_version``; PostgreSQL: the outbox head, one index probe) and wakes its consumers as for
-its own commits. A worker whose primary is gone shuts itself down; the primary restarts a worker that exits.
+(:class:`hub.store.db.WriteLock`). The primary learns of commits made by the workers (SQLite: ``PRAGMA
+data_version``, looked at every ``POLL`` seconds; PostgreSQL: the ``NOTIFY`` each worker sends after its commits,
+:class:`CommitAnnouncer`) and wakes its consumers as for its own commits. A worker whose primary is gone shuts itself down; the primary restarts a worker that exits.
 """
 
 from __future__ import annotations
