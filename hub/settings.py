@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, description="largest request body accepted (413 beyond)")
     max_bundle_entries: int = Field(10_000, description="largest batch/transaction accepted (413 beyond)")
     db_pool_size: int = Field(20, description="database connection pool size")
+    read_threads: int = Field(0, description="threads per process running reads and searches (0: 4 on SQLite, 8 on PostgreSQL)")
     log_level: str = Field("INFO", description="log level (no PHI is logged at INFO and above)")
     auth: str = Field("on", description="on: every FHIR call needs a bearer token; off: only when listening on loopback")
     auth_issuer: str | None = Field(None, description="accept tokens from this external OIDC issuer instead of the hub's own")
