@@ -20,8 +20,9 @@ from sqlalchemy import Connection
 
 from hub.errors import Category, FhirError
 from hub.interactions.context import Context
+from hub.search.compile import Dialect, any_of, cond_sql
 from hub.search.engine import _parse_qs
-from hub.search.query import And, Cmp, Cond, In, IsNull, Not, Or, ParamClause, parse_query
+from hub.search.query import ParamClause, parse_query
 from hub.search.tables import TABLE_BY_TYPE
 
 _FAST_TABLES = frozenset({"token", "reference", "uri", "string"})  # equality / prefix look-ups
@@ -177,7 +178,8 @@ def _fast_sql(ctx: Context, res_type: str, criteria: str, pg: bool) -> tuple[str
         return None  # the engine raises the same error, with its own wording
     if not q.clauses:
         return None
-    p = "%s" if pg else "?"
+    dialect = Dialect(pg)
+    p = dialect.p
     where: list[tuple[str, list[Any]]] = []  # tests of the resource row, with their parameters
     keyed: list[tuple[str, list[Any]]] = []  # PostgreSQL: the positive tests, by primary key
     for c in q.clauses:
@@ -186,15 +188,10 @@ def _fast_sql(ctx: Context, res_type: str, criteria: str, pg: bool) -> tuple[str
         conds = c.value_conds()
         if not conds or len(conds) > _MAX_VALUES:
             return None
-        parts: list[str] = []
-        values: list[Any] = []
-        for cond in conds:
-            sql = _cond_sql(cond, p, values)
-            if sql is None:
-                return None
-            parts.append(sql)
+        test = any_of(cond_sql(cond, "", dialect) for cond in conds)
+        values = list(test.params)
         table = TABLE_BY_TYPE[c.table].name
-        inner = f"SELECT resource_pk FROM {table} WHERE {' OR '.join(parts) if len(parts) > 1 else parts[0]}"
+        inner = f"SELECT resource_pk FROM {table} WHERE {test.text}"
         if c.negate:
             where.append((f"NOT (pk IN ({inner}))", values))
         elif pg:
@@ -212,31 +209,3 @@ def _fast_sql(ctx: Context, res_type: str, criteria: str, pg: bool) -> tuple[str
     by_key = " AND ".join(t for t, _ in keyed)
     sql = f"SELECT pk, res_id FROM (SELECT pk, res_id, res_type, deleted FROM resource WHERE {by_key} OFFSET 0) AS k WHERE {tests}"
     return sql + " ORDER BY pk", [*(v for _, vs in keyed for v in vs), *test_params]
-
-
-_OPS = frozenset({"=", "!=", "<", "<=", ">", ">="})
-
-
-def _cond_sql(c: Cond, p: str, params: list[Any]) -> str | None:
-    """A :data:`Cond` as SQL over an index table's own columns (None: a shape left to the engine)."""
-    if isinstance(c, Cmp):
-        if c.op not in _OPS or not c.col.isidentifier():
-            return None
-        params.append(c.value)
-        return f"{c.col} {c.op} {p}"
-    if isinstance(c, In):
-        if not c.values or not c.col.isidentifier():
-            return None
-        params.extend(c.values)
-        return f"{c.col} IN ({', '.join([p] * len(c.values))})"
-    if isinstance(c, IsNull):
-        return f"{c.col} IS NULL" if c.null else f"{c.col} IS NOT NULL"
-    if isinstance(c, And | Or):
-        inner = [_cond_sql(x, p, params) for x in c.items]
-        if not inner or any(x is None for x in inner):
-            return None
-        return "(" + (" AND " if isinstance(c, And) else " OR ").join(x for x in inner if x is not None) + ")"
-    if isinstance(c, Not):
-        inner_sql = _cond_sql(c.item, p, params)
-        return None if inner_sql is None else f"NOT ({inner_sql})"
-    return None  # Contains (LIKE with escapes) and anything new

@@ -22,11 +22,22 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Select, and_, distinct, false, func, literal_column, or_, select
+from sqlalchemy import Connection
 
 from hub.errors import Category, FhirError, Issue
 from hub.fhir import summary as summary_rules
-from hub.search.compile import OR_CHUNK, Compiler, alias, cond_sql, is_anchor, keyset
+from hub.search.compile import (
+    OR_CHUNK,
+    Compiler,
+    Dialect,
+    Sql,
+    all_of,
+    any_of,
+    cat,
+    cond_sql,
+    is_anchor,
+    keyset,
+)
 from hub.search.index import SearchIndexer
 from hub.search.memory import MemoryMatcher
 from hub.search.params import MODIFIERS, PREFIXES, UNSUPPORTED, Registry
@@ -41,15 +52,10 @@ from hub.search.query import (
     bad,
     parse_query,
 )
-from hub.search.tables import TABLE_BY_TYPE, reference_t
+from hub.search.tables import TABLE_BY_TYPE
 from hub.search.values import parse_date_range
 from hub.store import sql
-from hub.store.tables import resource_t, version_t
 
-#: columns of the ``page`` sub-select of :meth:`SearchEngine._page_stmt`, named once
-_PAGE_COLUMNS: dict[str, Any] = {
-    name: literal_column(f"page.{name}") for name in ("pk", "res_type", "res_id", "version", *(f"k{i}" for i in range(8)))
-}
 MAX_INCLUDES = 1000
 MAX_ITERATE = 4
 CHUNK = 500
@@ -101,21 +107,21 @@ class SearchEngine:
         q = parse_query(self.registry, res_types, req.params, strict=req.strict, base_url=req.base_url)
         if req.compartment is not None:
             q.clauses.insert(0, self._compartment_clause(req.compartment, res_types))
-        r = alias(resource_t, "r")
-        comp = Compiler()
-        where = self._where(comp, q, r, res_types)
+        d = _dialect(conn)
+        comp = Compiler(d)
+        where = self._where(comp, q, "r", res_types)
         result = SearchResult(issues=list(q.issues))
         if q.summary == "count" or q.count == 0:
-            result.total = self._count(conn, r, where, q, req)
+            result.total = self._count(conn, where, q, req)
             result.summary_count_only = q.summary == "count"
             result.links = {"self": self._link(req, q, None)}
             return result
 
-        sort_exprs: list[tuple[Any, bool]] = [(comp.sort_expr(k, r), k.desc) for k in q.sort]
-        sort_exprs.append((r.c.pk, False))
+        sort_exprs: list[tuple[Sql, bool]] = [(comp.sort_expr(k, "r"), k.desc) for k in q.sort]
+        sort_exprs.append((Sql("r.pk"), False))
         backward = q.cursor is not None and q.cursor.direction == "prev"
-        stmt = self._page_stmt(r, where, sort_exprs, q.cursor, backward, q.count + 1)
-        fetched = [_Row(x[0], x[1], x[2], x[3], (*x[4:], x[0])) for x in conn.execute(stmt)]
+        stmt = self._page_stmt(d, where, sort_exprs, q.cursor, backward, q.count + 1)
+        fetched = [_Row(x[0], x[1], x[2], x[3], (*x[4:], x[0])) for x in sql.rows(conn, *stmt)]
         more = len(fetched) > q.count
         rows = fetched[: q.count]
         if backward:
@@ -133,9 +139,9 @@ class SearchEngine:
         result.links = links
 
         if q.total in ("accurate", "estimate"):
-            result.total = self._count(conn, r, where, q, req)
+            result.total = self._count(conn, where, q, req)
         elif q.total is None and q.cursor is None:
-            result.total = len(rows) if not more else self._count(conn, r, where, q, req)
+            result.total = len(rows) if not more else self._count(conn, where, q, req)
 
         for row in rows:
             data = row.data
@@ -187,14 +193,14 @@ class SearchEngine:
             raise bad("FHIRHUB-SEARCH-COMPARTMENT", f"{', '.join(types)} is not in the Patient compartment")
         return CompartmentClause(comp_type, comp_id, types, tuple(idents), include_self)
 
-    def _where(self, comp: Compiler, q: Query, r: Any, res_types: tuple[str, ...] | None) -> list[Any]:
-        where: list[Any] = [r.c.deleted == false()]
+    def _where(self, comp: Compiler, q: Query, r: str, res_types: tuple[str, ...] | None) -> list[Sql]:
+        where: list[Sql] = [Sql(f"{r}.deleted = {comp.d.false}")]
         # Index rows carry their (type, parameter) in hash_identity and exist only for current resources,
         # so a positive index clause already confines the query to the types: a condition on res_type
         # then only misleads SQLite into (res_type, pk) look-ups, which lose the pk order of the
         # IN-list and must read every match before sorting, instead of stopping after a page.
         if res_types is not None and not any(_typed_rows(c) for c in q.clauses):
-            where.append(r.c.res_type == res_types[0] if len(res_types) == 1 else r.c.res_type.in_(res_types))
+            where.append(comp.d.in_list(f"{r}.res_type", res_types))
         # with an equality clause to drive the query, range clauses are checked row by row (EXISTS);
         # without one, each clause collects its pks (a row-by-row check would scan the whole type)
         comp.correlate_ranges = any(is_anchor(c) for c in q.clauses)
@@ -225,7 +231,7 @@ class SearchEngine:
         )
 
     @staticmethod
-    def _count(conn: Connection, r: Any, where: list[Any], q: Query | None, req: SearchRequest | None) -> int:
+    def _count(conn: Connection, where: list[Sql], q: Query | None, req: SearchRequest | None) -> int:
         # one plain parameter: count its index rows' resources, without visiting the resource table
         # (index rows exist only for current, non-deleted resources of the type in the identity hash)
         if q is not None and req is not None and req.compartment is None and len(q.clauses) == 1:
@@ -233,57 +239,52 @@ class SearchEngine:
             if isinstance(c, ParamClause) and c.missing is None and not c.negate and c.table in TABLE_BY_TYPE:
                 conds = c.value_conds()
                 if 0 < len(conds) <= OR_CHUNK:
-                    t = alias(TABLE_BY_TYPE[c.table], "cnt")
-                    parts = [cond_sql(x, t) for x in conds]
-                    stmt = select(func.count(distinct(t.c.resource_pk))).where(
-                        or_(*parts) if len(parts) > 1 else parts[0]
-                    )
-                    return int(conn.execute(stmt).scalar_one())
-        return int(conn.execute(select(func.count()).select_from(r).where(*where)).scalar_one())
+                    d = _dialect(conn)
+                    stmt = cat(f"SELECT count(DISTINCT cnt.resource_pk) FROM {TABLE_BY_TYPE[c.table].name} cnt WHERE ",
+                               any_of(cond_sql(x, "cnt", d) for x in conds))
+                    return int(sql.rows(conn, *stmt)[0][0])
+        return int(sql.rows(conn, *cat("SELECT count(*) FROM resource r WHERE ", all_of(where)))[0][0])
 
     @staticmethod
     def _page_stmt(
-        r: Any,
-        where: list[Any],
-        sort_exprs: list[tuple[Any, bool]],
+        d: Dialect,
+        where: list[Sql],
+        sort_exprs: list[tuple[Sql, bool]],
         cursor: Cursor | None,
         backward: bool,
         limit: int,
-    ) -> Select[Any]:
-        # the page is chosen on the resource table alone; only its rows then fetch their JSON
-        keys = [e.label(f"k{i}") for i, (e, _) in enumerate(sort_exprs[:-1])]
+    ) -> Sql:
+        """The page: chosen on the resource table alone (``r``); only its rows then fetch their JSON.
+
+        Selects pk, res_type, res_id, data and the sort keys k0, k1, … (``sort_exprs`` ends with r.pk)."""
         conds = list(where)
         if cursor is not None:
-            conds.append(keyset(sort_exprs, cursor.keys, backward))
+            conds.append(keyset(sort_exprs, cursor.keys, backward, d))
+        keys = [cat(e, f" AS k{i}") for i, (e, _) in enumerate(sort_exprs[:-1])]
 
-        def ordering(cols: list[tuple[Any, bool]]) -> list[Any]:
+        def ordering(names: list[str]) -> str:
             order = []
-            for (e, desc), is_pk in zip(cols, [False] * (len(cols) - 1) + [True], strict=True):
+            for i, (name, (_, desc)) in enumerate(zip(names, sort_exprs, strict=True)):
+                is_pk = i == len(names) - 1
                 if backward:
-                    o = e.asc() if desc else e.desc()
-                    order.append(o if is_pk else o.nulls_first())
+                    o = f"{name} {'ASC' if desc else 'DESC'}"
+                    order.append(o if is_pk else o + " NULLS FIRST")
                 else:
-                    o = e.desc() if desc else e.asc()
-                    order.append(o if is_pk else o.nulls_last())
-            return order
+                    o = f"{name} {'DESC' if desc else 'ASC'}"
+                    order.append(o if is_pk else o + " NULLS LAST")
+            return ", ".join(order)
 
-        page = (
-            select(r.c.pk, r.c.res_type, r.c.res_id, r.c.version, *keys)
-            .where(*conds)
-            .order_by(*ordering(sort_exprs))
-            .limit(limit)
-            .subquery("page")
-        )
-        v = alias(version_t, "v")
-        # the page's columns by name: ``page.c`` would build a Column proxy per column, every request
-        col = _PAGE_COLUMNS
-        key_cols = [col[f"k{i}"] for i in range(len(keys))]
-        outer_sort = [(c, desc) for c, (_, desc) in zip(key_cols, sort_exprs[:-1], strict=True)]
-        outer_sort.append((col["pk"], False))
-        return (
-            select(col["pk"], col["res_type"], col["res_id"], v.c.data, *key_cols)
-            .select_from(page.join(v, and_(v.c.resource_pk == col["pk"], v.c.version == col["version"])))
-            .order_by(*ordering(outer_sort))
+        n_keys = len(keys)
+        inner_names = [f"k{i}" for i in range(n_keys)] + ["r.pk"]
+        outer_names = [f"page.k{i}" for i in range(n_keys)] + ["page.pk"]
+        key_cols = "".join(f", page.k{i}" for i in range(n_keys))
+        return cat(
+            f"SELECT page.pk, page.res_type, page.res_id, v.data{key_cols} FROM ("
+            "SELECT r.pk, r.res_type, r.res_id, r.version", *(cat(", ", k) for k in keys),
+            " FROM resource r WHERE ", all_of(conds),
+            f" ORDER BY {ordering(inner_names)} LIMIT {d.p}", Sql("", (limit,)),
+            ") page JOIN resource_version v ON v.resource_pk = page.pk AND v.version = page.version"
+            f" ORDER BY {ordering(outer_names)}",
         )
 
     # ================================================================ links
@@ -426,10 +427,9 @@ class SearchEngine:
             raise bad(
                 "FHIRHUB-SEARCH-CONDITIONAL", f"Conditional criteria {query!r} hold no search parameter"
             )
-        r = alias(resource_t, "r")
-        where = self._where(Compiler(), q, r, (res_type,))
-        stmt = select(r.c.pk, r.c.res_id).where(*where).order_by(r.c.pk)
-        return [(int(pk), str(rid)) for pk, rid in conn.execute(stmt)]
+        where = self._where(Compiler(_dialect(conn)), q, "r", (res_type,))
+        stmt = cat("SELECT r.pk, r.res_id FROM resource r WHERE ", all_of(where), " ORDER BY r.pk")
+        return [(int(pk), str(rid)) for pk, rid in sql.rows(conn, *stmt)]
 
     def matches(self, resource: dict[str, Any], res_type: str, query: str, base_url: str = "") -> bool:
         """In-memory match of one resource (subscriptions); no chains, ``_has`` or compartments."""
@@ -493,11 +493,10 @@ class SearchEngine:
                 count = int(value)
             elif name == "_cursor":
                 cursor = value
-        r = alias(resource_t, "r")
-        exists_row = conn.execute(
-            select(r.c.pk).where(r.c.res_type == "Patient", r.c.res_id == patient_id, r.c.deleted == false())
-        ).first()
-        if exists_row is None:
+        d = _dialect(conn)
+        exists_row = sql.rows(conn, f"SELECT pk FROM resource WHERE res_type = {d.p} AND res_id = {d.p}"
+                                    f" AND deleted = {d.false}", ("Patient", patient_id))
+        if not exists_row:
             raise FhirError(
                 Category.NOT_FOUND, "FHIRHUB-SEARCH-PATIENT", f"Patient/{patient_id} is not known"
             )
@@ -529,14 +528,14 @@ class SearchEngine:
                 total=0, links={"self": self._everything_link(base_url, patient_id, kept, None)}
             )
         clause = self._compartment_clause(("Patient", patient_id), chosen)
-        comp = Compiler()
-        where: list[Any] = [r.c.deleted == false(), r.c.res_type.in_(chosen), comp.clause(clause, r, chosen)]
+        comp = Compiler(d)
+        where: list[Sql] = [Sql(f"r.deleted = {d.false}"), d.in_list("r.res_type", chosen), comp.clause(clause, "r", chosen)]
         if since_us is not None:
-            where.append(r.c.last_updated >= since_us)
+            where.append(Sql(f"r.last_updated >= {d.p}", (since_us,)))
         backward = cur is not None and cur.direction == "prev"
-        sort_exprs: list[tuple[Any, bool]] = [(r.c.pk, False)]
-        stmt = self._page_stmt(r, where, sort_exprs, cur, backward, n + 1)
-        fetched = [_Row(x[0], x[1], x[2], x[3], ()) for x in conn.execute(stmt)]
+        sort_exprs: list[tuple[Sql, bool]] = [(Sql("r.pk"), False)]
+        stmt = self._page_stmt(d, where, sort_exprs, cur, backward, n + 1)
+        fetched = [_Row(x[0], x[1], x[2], x[3], ()) for x in sql.rows(conn, *stmt)]
         more = len(fetched) > n
         rows = fetched[:n]
         if backward:
@@ -552,24 +551,16 @@ class SearchEngine:
                 base_url, patient_id, kept, Cursor("prev", (rows[0].pk,))
             )
         if cur is None:
-            result.total = len(rows) if not more else self._count(conn, r, where, None, None)
+            result.total = len(rows) if not more else self._count(conn, where, None, None)
         result.entries = [SearchEntry(x.res_type, x.res_id, x.data, "match") for x in rows]
         # what the page refers to outside the compartment (Practitioner, Organization, Medication, …)
         member_set = set(members)
         seen = {(x.res_type, x.res_id) for x in rows}
-        ref = reference_t
         targets: set[tuple[str, str]] = set()
         for chunk in _chunks([x.pk for x in rows]):
-            stmt2 = (
-                select(ref.c.target_type, ref.c.target_id)
-                .where(
-                    ref.c.resource_pk.in_(chunk),
-                    ref.c.target_type.is_not(None),
-                    ref.c.target_type.not_in(member_set),
-                )
-                .distinct()
-            )
-            targets.update((t, i) for t, i in conn.execute(stmt2))
+            stmt2 = cat("SELECT DISTINCT target_type, target_id FROM idx_reference WHERE ", d.in_list("resource_pk", chunk),
+                        " AND target_type IS NOT NULL AND NOT (", d.in_list("target_type", sorted(member_set)), ")")
+            targets.update((t, i) for t, i in sql.rows(conn, *stmt2))
         for _, t, i, data in self._fetch_by_ids(conn, targets - seen):
             result.entries.append(SearchEntry(t, i, data, "include"))
         return result
@@ -590,6 +581,10 @@ def _typed_rows(c: Any) -> bool:
     if isinstance(c, ChainClause):
         return True
     return isinstance(c, ParamClause) and c.missing is None and not c.negate and c.table in TABLE_BY_TYPE
+
+
+def _dialect(conn: Connection) -> Dialect:
+    return Dialect(pg=conn.dialect.name != "sqlite")
 
 
 def _parse_qs(query: str) -> list[tuple[str, str]]:

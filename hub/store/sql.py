@@ -183,3 +183,11 @@ def fetch_all(conn: Connection, template: str, params: tuple[Any, ...]) -> list[
     rows = cur.fetchall()
     cur.close()
     return list(rows)
+
+
+def rows(conn: Connection, statement: str, params: Sequence[Any]) -> list[Any]:
+    """Every row of a driver-SQL query written with the connection's own placeholders (``?`` or ``%s``)."""
+    cur = _execute(conn, statement, tuple(params))
+    found = cur.fetchall()
+    cur.close()
+    return list(found)
