@@ -3,10 +3,12 @@
 Conditional creates, updates and references run for most entries of a transaction (an HL7v2
 message names its patient, encounter, practitioner and room by business identifier), so the
 common shape, plain parameters matched by equality in the index tables (``identifier=system|value``),
-is answered by one driver-level SQL statement built from the search engine's own parsed query:
-the same clauses, the same index rows, the same order (``pk``); building and compiling the
-SQLAlchemy expression cost several times more than running it. Anything else (chains, ``_has``,
-``:missing``, ranges, composites, long OR lists) goes to :meth:`SearchEngine.find` as before.
+is answered by one driver-level SQL statement built from the search engine's own parsed query and
+conditions (:func:`hub.search.compile.cond_sql`): the same clauses, the same index rows, the same order
+(``pk``). Its shape differs from a search page's where it must: on PostgreSQL the index rows are read
+first and the resources by key (``pk = ANY(ARRAY(…))``, see :func:`_fast_sql`), and a wave of look-ups runs
+as one ``UNION ALL`` (:func:`prefetch`). Anything else (chains, ``_has``, ``:missing``, composites, long OR
+lists) goes to :meth:`SearchEngine.find`.
 """
 
 from __future__ import annotations

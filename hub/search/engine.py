@@ -600,8 +600,8 @@ def _parse_qs(query: str) -> list[tuple[str, str]]:
         raise bad("FHIRHUB-SEARCH-QUERY", f"Malformed query string: {exc}") from exc
 
 
-# Includes run as driver SQL (hub.store.sql), not SQLAlchemy Core: building and compiling the statements cost
-# more than running them (a page of seven appointments and their patients: 1.5 ms of 5).
+# Includes run as driver SQL (hub.store.sql), as the page does: building and compiling SQLAlchemy Core statements
+# cost more than running them (a page of seven appointments and their patients: 1.5 ms of 5).
 CURRENT_SQL = ("SELECT r.pk, r.res_type, r.res_id, v.data FROM resource r"
                " JOIN resource_version v ON v.resource_pk = r.pk AND v.version = r.version")
 
