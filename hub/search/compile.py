@@ -111,9 +111,6 @@ class Dialect(NamedTuple):
     def false(self) -> str:
         return "false" if self.pg else "0"
 
-    def value(self, v: Any) -> Sql:
-        return Sql(self.p, (v,))
-
     def in_list(self, column: str, values: Iterable[Any]) -> Sql:
         vs = tuple(values)
         if not vs:
@@ -302,11 +299,11 @@ class Compiler:
         for target_type, inner in c.inners:
             ref = self.alias("ref")
             s = self.alias("s")
-            targets = cat(f"SELECT {s}.res_id FROM resource {s} WHERE {s}.res_type = {self.d.p}", Sql("", (target_type,)),
+            targets = cat(Sql(f"SELECT {s}.res_id FROM resource {s} WHERE {s}.res_type = {self.d.p}", (target_type,)),
                           f" AND {s}.deleted = {self.d.false} AND ", self.clause(inner, s, (target_type,)))
             per_type.append(cat(
                 f"SELECT {ref}.resource_pk FROM idx_reference {ref} WHERE ", self.idents(f"{ref}.hash_identity", idents),
-                f" AND {ref}.target_type = {self.d.p}", Sql("", (target_type,)), f" AND {ref}.target_id IN (", targets, ")",
+                Sql(f" AND {ref}.target_type = {self.d.p}", (target_type,)), f" AND {ref}.target_id IN (", targets, ")",
             ))
         return cat(f"{r}.pk IN (", join(" UNION ALL ", per_type), ")")
 
@@ -314,7 +311,7 @@ class Compiler:
         ref = self.alias("ref")
         s = self.alias("s")
         p = self.d.p
-        sources = cat(f"SELECT {s}.pk FROM resource {s} WHERE {s}.res_type = {p}", Sql("", (c.src_type,)),
+        sources = cat(Sql(f"SELECT {s}.pk FROM resource {s} WHERE {s}.res_type = {p}", (c.src_type,)),
                       f" AND {s}.deleted = {self.d.false} AND ", self.clause(c.inner, s, (c.src_type,)))
         if types is not None and len(types) == 1:
             same_type = Sql(f"{ref}.target_type = {p}", (types[0],))  # uncorrelated: evaluated once
@@ -372,10 +369,10 @@ def keyset(exprs: list[tuple[Sql, bool]], values: tuple[Any, ...], backward: boo
             step = cat(expr, " IS NOT NULL") if backward else FALSE
             eq = cat(expr, " IS NULL")
         else:
-            forward = cat(expr, f" {'<' if desc else '>'} {d.p}", Sql("", (v,)))
-            back = cat(expr, f" {'>' if desc else '<'} {d.p}", Sql("", (v,)))
+            forward = cat(expr, Sql(f" {'<' if desc else '>'} {d.p}", (v,)))
+            back = cat(expr, Sql(f" {'>' if desc else '<'} {d.p}", (v,)))
             step = back if backward else cat("(", forward, " OR ", expr, " IS NULL)")
-            eq = cat(expr, f" = {d.p}", Sql("", (v,)))
+            eq = cat(expr, Sql(f" = {d.p}", (v,)))
         ors.append(all_of([*eqs, step]))
         eqs.append(eq)
     return any_of(ors) if ors else TRUE

@@ -282,7 +282,7 @@ class SearchEngine:
             f"SELECT page.pk, page.res_type, page.res_id, v.data{key_cols} FROM ("
             "SELECT r.pk, r.res_type, r.res_id, r.version", *(cat(", ", k) for k in keys),
             " FROM resource r WHERE ", all_of(conds),
-            f" ORDER BY {ordering(inner_names)} LIMIT {d.p}", Sql("", (limit,)),
+            f" ORDER BY {ordering(inner_names)}", Sql(f" LIMIT {d.p}", (limit,)),
             ") page JOIN resource_version v ON v.resource_pk = page.pk AND v.version = page.version"
             f" ORDER BY {ordering(outer_names)}",
         )
