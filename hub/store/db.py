@@ -50,6 +50,14 @@ class Database:
             # No pre-ping (a round trip per checkout); connections are recycled instead.
             kwargs["pool_recycle"] = 1800
         self.engine: Engine = create_engine(self.url, **kwargs)
+        # PostgreSQL single-statement reads (read_once) get connections of their own that stay in autocommit:
+        # switching a pooled connection into autocommit and back on every checkout (SQLAlchemy's
+        # execution_options) cost psycopg four extra waits and ~0.2 ms of CPU per read by id.
+        self._autocommit: Engine | None = None
+        if not self.is_sqlite:
+            half = max(4, pool_size // 2)
+            self._autocommit = create_engine(self.url, isolation_level="AUTOCOMMIT", pool_size=half, max_overflow=half,
+                                             pool_recycle=1800, pool_reset_on_return=None)
         self._write_lock: WriteLock | None = WriteLock(sqlite_file(self.url)) if self.is_sqlite else None
         self._queue: list[_Unit[Any]] = []
         self._queue_lock = threading.Lock()
@@ -206,10 +214,11 @@ class Database:
     @contextlib.contextmanager
     def read_once(self) -> Iterator[Connection]:
         """A connection for a single-statement read: no BEGIN, no ROLLBACK round trips."""
+        if self._autocommit is not None:
+            with self._autocommit.connect() as conn:
+                yield conn
+            return
         with self.engine.connect() as conn:
-            if not self.is_sqlite:
-                yield conn.execution_options(isolation_level="AUTOCOMMIT")
-                return
             # SQLite: keep pysqlite's isolation handling as configured, and skip our BEGIN.
             conn.info["no_begin"] = True
             try:
@@ -226,6 +235,8 @@ class Database:
         if self._write_lock is not None:
             self._write_lock.close()
         self.engine.dispose()
+        if self._autocommit is not None:
+            self._autocommit.dispose()
 
 
 class WriteLock:
