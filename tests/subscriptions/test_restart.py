@@ -107,8 +107,9 @@ def test_sigkill_during_a_workflow_wait(db_url: str, tmp_path: Path, mailbox: Ma
                      if e["resource"]["code"]["text"] == code])
 
         wait_until(lambda: tasks("before") == 5, 60, "the first step of every run")
-        runs = client.get("/$workflow-runs", params={"status": "waiting"}).json()
-        assert runs["total"] == 5
+        # a run commits its first step's Task, then records its wait in a transaction of its own: wait for both
+        wait_until(lambda: client.get("/$workflow-runs", params={"status": "waiting"}).json()["total"] == 5, 5,
+                   "every run waiting (the wait is 6 s)")
         hub.kill()  # during the wait
     assert mailbox.messages == []
     with running_hub(db_url, tmp_path, settings) as hub, httpx.Client(base_url=hub.base, timeout=60) as client:
