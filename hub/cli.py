@@ -105,9 +105,9 @@ def serve(
             return
         from hub import workers as procs
 
-        sock = procs.bind(host, port)
+        socks = procs.bind(host, port, workers)
         uds = procs.socket_path()
-        hub.services.append(procs.WorkerPool(hub, workers, sock, uds))  # started last, stopped first
+        hub.services.append(procs.WorkerPool(hub, workers, socks, uds))  # started last, stopped first
         log.info("serving FHIR R4 at %s://%s:%d/fhir with %d API workers", scheme, host, port, workers)
         uvicorn.run(procs.FromWorkers(create_app(hub)), uds=uds, log_level=common["log_level"], access_log=False)
     finally:

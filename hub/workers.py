@@ -154,15 +154,30 @@ class FromWorkers:
         await self.app(scope, receive, send)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The public listening socket the workers share."""
+def bind(host: str, port: int, count: int = 1) -> list[socket.socket]:
+    """The public listening sockets, one per API worker, all bound to the same address with ``SO_REUSEPORT``:
+    the kernel spreads new connections over them (by a hash of each connection's addresses). With one socket
+    shared by every worker, whichever worker woke first took every connection waiting (uvloop accepts until
+    the queue is empty): sixteen clients connecting at once could all land on one worker, leaving the other
+    idle. A worker that exits leaves its socket here, and what waits in its queue goes to the worker started
+    in its place. (Only processes of the same user can join the group.)"""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(max(1, count)):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]  # port 0: the others join the port the first one was given
+            sock.listen(2048)
+            sock.set_inheritable(True)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 class WorkerPool:
@@ -171,24 +186,24 @@ class WorkerPool:
 
     name = "API workers"
 
-    def __init__(self, hub: Hub, count: int, sock: socket.socket, uds: str) -> None:
+    def __init__(self, hub: Hub, count: int, socks: list[socket.socket], uds: str) -> None:
         self.hub = hub
         self.count = count
-        self.sock = sock
+        self.socks = socks  # one per worker (bind): worker i, and whoever replaces it, serves socks[i]
         self.uds = uds
         self.procs: list[subprocess.Popen[bytes]] = []
         self._stopping = False
         self._watch: threading.Thread | None = None
         self._monitor: asyncio.Task[None] | None = None
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        fd = self.sock.fileno()
+    def _spawn(self, slot: int) -> subprocess.Popen[bytes]:
+        fd = self.socks[slot % len(self.socks)].fileno()
         cmd = [sys.executable, "-m", "hub", "serve", "--worker-fd", str(fd), "--primary", self.uds]
         env = {**os.environ, "FHIRHUB_WORKERS": str(self.count)}  # the worker sizes its share of the pool by it
         return subprocess.Popen(cmd, pass_fds=(fd,), env=env)
 
     async def start(self) -> None:
-        self.procs = [self._spawn() for _ in range(self.count)]
+        self.procs = [self._spawn(i) for i in range(self.count)]
         self._watch = threading.Thread(target=self._watch_outbox, name="outbox-watch", daemon=True)
         self._watch.start()
         self._monitor = asyncio.create_task(self._keep_alive(), name="worker monitor")
@@ -200,7 +215,7 @@ class WorkerPool:
             for i, proc in enumerate(self.procs):
                 if proc.poll() is not None and not self._stopping:
                     log.error("API worker pid=%d exited with %s; starting another", proc.pid, proc.returncode)
-                    self.procs[i] = self._spawn()
+                    self.procs[i] = self._spawn(i)
 
     def _watch_outbox(self) -> None:
         """Wake the primary's consumers when another process commits.

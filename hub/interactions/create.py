@@ -8,7 +8,7 @@ from hub.interactions import conditional
 from hub.interactions.common import check_type, resource_body, validate, written
 from hub.interactions.context import Context
 from hub.interactions.request import FhirRequest, FhirResponse, Planned, version_headers
-from hub.store.repository import Change, WriteResult, new_id
+from hub.store.repository import Change, WriteResult, content_hash, new_id
 
 
 def prepare(ctx: Context, req: FhirRequest, res_type: str) -> Change | None:
@@ -24,7 +24,7 @@ def prepare(ctx: Context, req: FhirRequest, res_type: str) -> Change | None:
     resource = {k: v for k, v in body.items() if k != "id"}
     validate(ctx, resource, None, in_transaction=req.in_transaction)
     return Change(res_type, res_id, resource, "POST", create_only=True, origin=req.origin,
-                  index_rows=ctx.repo.index_rows(res_type, res_id, resource))
+                  index_rows=ctx.repo.index_rows(res_type, res_id, resource), digest=content_hash(resource))
 
 
 def plan(ctx: Context, conn: Connection, req: FhirRequest, res_type: str, *, location: str | None = None,

@@ -8,10 +8,9 @@ OperationOutcome, logged by error code and type without resource content.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -97,6 +96,33 @@ def resolve(method: str, path: str) -> Route:
 OperationHandler = Callable[[FhirRequest, Route], FhirResponse]
 
 
+@dataclass(frozen=True)
+class _PreparedCreate:
+    """The write of a plain create prepared outside the transaction (:func:`create.prepare`). It combines
+    (:class:`hub.store.db.Combinable`): the creates of one group commit go to ``Repository.write_many`` and the
+    audit trail together, a few statements for the whole group instead of a dozen per create, which shortens
+    the turn of SQLite's single writer. One failing create sends the group back to a SAVEPOINT each."""
+
+    router: FhirRouter
+    req: FhirRequest
+    route: Route
+    change: Change
+    combine_key: str = "create"
+
+    def __call__(self, conn: Connection) -> tuple[Planned, WriteResult | None]:
+        planned, result = self.run_together(conn, [self])[0]
+        return planned, result
+
+    def run_together(self, conn: Connection, units: Sequence[_PreparedCreate]) -> list[tuple[Planned, WriteResult]]:
+        router = self.router
+        planned = [router.plan(conn, u.req, u.route, prepared=u.change) for u in units]
+        results = router.ctx.repo.write_many(conn, [u.change for u in units])
+        if router.ctx.audit is not None:
+            router.ctx.audit.write(conn, [router.write_record(u.req, u.route, r, p.entry_url)
+                                          for u, r, p in zip(units, results, planned, strict=True)])
+        return list(zip(planned, results, strict=True))
+
+
 class FhirRouter:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -163,13 +189,16 @@ class FhirRouter:
                 authorize(req.principal, route.kind, route.res_type)
                 update.prevalidate(self.ctx, req, route.res_type, route.res_id)
             work = self._write_work(req, route, prepared)
-            planned, result = await asyncio.wrap_future(self.ctx.db.submit(work))
+            planned, result = await self.ctx.db.submit_async(work)
             return self._written(planned, result)
         except Exception as exc:  # noqa: BLE001 - the edge: every failure becomes an OperationOutcome
             return self._failed(req, route, exc)
 
     def _write_work(self, req: FhirRequest, route: Route,
                     prepared: Change | None = None) -> Callable[[Connection], tuple[Planned, WriteResult | None]]:
+        if prepared is not None and route.kind == "create":
+            return _PreparedCreate(self, req, route, prepared)
+
         def work(conn: Connection) -> tuple[Planned, WriteResult | None]:
             planned = self.plan(conn, req, route, prepared=prepared)
             result = self.ctx.repo.write(conn, planned.change) if planned.change is not None else None

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from sqlalchemy import Connection, Engine, create_engine, event
 
@@ -18,6 +19,23 @@ from hub.settings import resolve_database_url
 
 T = TypeVar("T")
 GROUP_MAX = 64  # most units of work one commit carries
+
+
+@runtime_checkable
+class Combinable(Protocol):
+    """A unit of work that can also run together with others of its kind: in a group commit, consecutive units
+    with the same ``combine_key`` go to ``run_together`` in one call (say, one ``Repository.write_many`` for
+    thirty creates: a dozen statements instead of a dozen each), inside one SAVEPOINT. If that call raises, the
+    group goes back to a SAVEPOINT per unit, so a failing unit fails alone, as it would have without combining.
+    Calling the unit runs it alone."""
+
+    combine_key: Hashable
+
+    def __call__(self, conn: Connection) -> Any: ...
+
+    def run_together(self, conn: Connection, units: Sequence[Any]) -> list[Any]:
+        """The results of ``units`` (this one among them, all with its ``combine_key``), in their order."""
+        ...
 
 
 @dataclass
@@ -68,6 +86,10 @@ class Database:
         self._submitted_ready = threading.Condition()
         self._writer: threading.Thread | None = None
         self._closed = False
+        # submit_async() on SQLite: units queued by the event loop, committed by a task on the same loop
+        self._loop_units: deque[tuple[_Unit[Any], asyncio.Future[Any]]] = deque()
+        self._loop_writer: asyncio.Task[None] | None = None
+        self._lock_waiter: ThreadPoolExecutor | None = None
         if self.is_sqlite:
             _configure_sqlite(self.engine)
 
@@ -146,6 +168,61 @@ class Database:
             self._submitted_ready.notify()
         return future
 
+    async def submit_async(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in a write transaction and return its result once it is committed, from a coroutine.
+
+        PostgreSQL: :meth:`submit` (its writer thread waits on the network, not on the GIL). SQLite: the unit
+        is committed by a task on the caller's own event loop, grouped with every unit queued meanwhile, as
+        the writer thread of :meth:`submit` would. The group runs on the loop thread because SQLite's work is
+        CPU, not waiting: in a thread of its own the writer competed with the loop for the GIL while it held
+        the write lock that every other process waits on (measured in-process: a group's CPU per unit went
+        from ~0.23 ms to ~2.7 ms beside one busy thread). Only waiting for that lock, when another process
+        holds it, goes to a thread.
+        """
+        if self._write_lock is None:
+            return await asyncio.wrap_future(self.submit(work))
+        if self._closed:
+            raise RuntimeError("the database is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._loop_units.append((_Unit(work), future))
+        task = self._loop_writer
+        if task is None or task.done() or task.get_loop() is not loop:  # (a loop closed with its task pending)
+            self._loop_writer = loop.create_task(self._loop_writer_run())
+        return await future
+
+    async def _loop_writer_run(self) -> None:
+        lock = self._write_lock
+        assert lock is not None
+        while self._loop_units:
+            await asyncio.sleep(0)  # first let the loop take what is ready: more units for this group
+            if not lock.try_acquire():
+                await self._acquire_in_thread(lock)
+            try:
+                take = min(GROUP_MAX, len(self._loop_units))
+                pairs = [self._loop_units.popleft() for _ in range(take)]
+                self._commit_group([unit for unit, _ in pairs])
+            finally:
+                lock.release()
+            for unit, future in pairs:
+                if future.done() or future.get_loop().is_closed():  # its caller went away: committed all the same
+                    continue
+                if unit.error is not None:
+                    future.set_exception(unit.error)
+                else:
+                    future.set_result(unit.result)
+
+    async def _acquire_in_thread(self, lock: WriteLock) -> None:
+        """Wait for the write lock another process (or this one's writer thread) holds, off the event loop."""
+        if self._lock_waiter is None:
+            self._lock_waiter = ThreadPoolExecutor(1, thread_name_prefix="sqlite-lock-wait")
+        waiting = asyncio.get_running_loop().run_in_executor(self._lock_waiter, lock.acquire)
+        try:
+            await asyncio.shield(waiting)
+        except asyncio.CancelledError:  # the loop is going away: let go of the lock as soon as it is ours
+            waiting.add_done_callback(lambda f: None if f.cancelled() or f.exception() else lock.release())
+            raise
+
     def _writer_loop(self) -> None:
         while True:
             with self._submitted_ready:
@@ -174,14 +251,10 @@ class Database:
                         else:
                             # Driver-level savepoints: SQLAlchemy's nested transactions cost ~100 µs a unit.
                             cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-                            for unit in batch:
-                                cur.execute("SAVEPOINT fhirhub_unit")
-                                try:
-                                    unit.result = unit.work(conn)
-                                except Exception as exc:  # noqa: BLE001 - handed to the unit's caller
-                                    cur.execute("ROLLBACK TO SAVEPOINT fhirhub_unit")
-                                    unit.error = exc
-                                cur.execute("RELEASE SAVEPOINT fhirhub_unit")
+                            for run in _runs(batch):
+                                if len(run) == 1 or not _run_together(cur, conn, run):
+                                    for unit in run:
+                                        _run_alone(cur, conn, unit)
                             cur.close()
                 finally:
                     conn.info.pop("write", None)
@@ -233,11 +306,57 @@ class Database:
             self._submitted_ready.notify_all()
         if self._writer is not None and self._writer is not threading.current_thread():
             self._writer.join(timeout=30)
+        if self._lock_waiter is not None:
+            self._lock_waiter.shutdown(wait=False, cancel_futures=True)
         if self._write_lock is not None:
             self._write_lock.close()
         self.engine.dispose()
         if self._autocommit is not None:
             self._autocommit.dispose()
+
+
+def _runs(batch: list[_Unit[Any]]) -> Iterator[list[_Unit[Any]]]:
+    """``batch`` cut into runs of consecutive units that combine (the same ``combine_key``); others alone."""
+    run: list[_Unit[Any]] = []
+    key: Hashable = None
+    for unit in batch:
+        this = unit.work.combine_key if isinstance(unit.work, Combinable) else None
+        if run and (this is None or this != key):
+            yield run
+            run = []
+        run.append(unit)
+        key = this
+    if run:
+        yield run
+
+
+def _run_alone(cur: Any, conn: Connection, unit: _Unit[Any]) -> None:
+    cur.execute("SAVEPOINT fhirhub_unit")
+    try:
+        unit.result = unit.work(conn)
+    except Exception as exc:  # noqa: BLE001 - handed to the unit's caller
+        cur.execute("ROLLBACK TO SAVEPOINT fhirhub_unit")
+        unit.error = exc
+    cur.execute("RELEASE SAVEPOINT fhirhub_unit")
+
+
+def _run_together(cur: Any, conn: Connection, run: list[_Unit[Any]]) -> bool:
+    """Run combinable units in one call and one SAVEPOINT; False (and nothing kept) if that call raised."""
+    first = run[0].work
+    assert isinstance(first, Combinable)
+    cur.execute("SAVEPOINT fhirhub_run")
+    try:
+        results = first.run_together(conn, [unit.work for unit in run])
+        if len(results) != len(run):
+            raise RuntimeError(f"run_together gave {len(results)} results for {len(run)} units")
+    except Exception:  # noqa: BLE001 - each unit runs again alone and gets its own error
+        cur.execute("ROLLBACK TO SAVEPOINT fhirhub_run")
+        cur.execute("RELEASE SAVEPOINT fhirhub_run")
+        return False
+    cur.execute("RELEASE SAVEPOINT fhirhub_run")
+    for unit, result in zip(run, results, strict=True):
+        unit.result = result
+    return True
 
 
 class WriteLock:
@@ -253,24 +372,51 @@ class WriteLock:
         self._path = f"{path}.write-lock" if path else None
         self._fd: int | None = None
 
-    def __enter__(self) -> None:
+    def acquire(self) -> None:
         self._thread_lock.acquire()
         if self._path is None:
             return
         try:
-            if self._fd is None:
-                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            fcntl.flock(self._file(), fcntl.LOCK_EX)
         except BaseException:
             self._thread_lock.release()
             raise
 
-    def __exit__(self, *exc: object) -> None:
+    def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it, without waiting (the event loop's writer)."""
+        if not self._thread_lock.acquire(blocking=False):
+            return False
+        if self._path is None:
+            return True
+        try:
+            fcntl.flock(self._file(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._thread_lock.release()
+            return False
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        return True
+
+    def release(self) -> None:
+        """Let go (from any thread of the process: the lock belongs to the process, not to a thread)."""
         try:
             if self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
+
+    def _file(self) -> int:
+        if self._fd is None:
+            assert self._path is not None
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self._fd
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     def close(self) -> None:
         with self._thread_lock:

@@ -127,6 +127,7 @@ class Change:
     origin: str | None = None  # who caused it (client id, connector name); carried to the outbox
     # search-index rows extracted before the write transaction (Repository.index_rows), or None: extract in it
     index_rows: Mapping[Any, list[dict[str, Any]]] | None = None
+    digest: bytes | None = None  # content_hash(resource), computed before the write transaction, or None: in it
 
 
 @dataclass
@@ -224,7 +225,7 @@ class Repository:
                 result = WriteResult(change, "deleted", stored)
                 reindex.append((cur.pk, result, None))
             else:
-                digest = content_hash(change.resource)
+                digest = change.digest or content_hash(change.resource)
                 if cur is not None and not cur.deleted and cur.content_hash == digest and change.method != "POST":
                     result = WriteResult(change, "unchanged", None)  # its stored bytes: read below, all in one
                     unchanged.append((cur, result))

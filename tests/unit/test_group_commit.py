@@ -147,3 +147,143 @@ def test_postgresql_group_that_fails_at_commit_reruns_each_unit_alone() -> None:
         with db.read() as conn:
             assert sorted(r[0] for r in conn.exec_driver_sql("SELECT k FROM t_defer")) == [1, 2, 3]
         db.dispose()
+
+
+class _Insert:
+    """A combinable unit (``hub.store.db.Combinable``) that records how it ran."""
+
+    combine_key = "insert"
+
+    def __init__(self, n: int, ph: str, calls: list[list[int]]) -> None:
+        self.n, self.ph, self.calls = n, ph, calls
+
+    def __call__(self, conn: sa.Connection) -> int:
+        return self.run_together(conn, [self])[0]
+
+    def run_together(self, conn: sa.Connection, units: list[_Insert]) -> list[int]:
+        self.calls.append([u.n for u in units])
+        conn.exec_driver_sql(
+            "INSERT INTO outbox (resource_pk, res_type, res_id, version, interaction, origin, at) "
+            f"VALUES ({self.ph}, 'T', {self.ph}, 1, 'create', NULL, 0)",
+            [(u.n, str(u.n)) for u in units],
+        )
+        if any(u.n % 7 == 0 for u in units):
+            raise ValueError(f"unit {next(u.n for u in units if u.n % 7 == 0)} fails")
+        return [u.n * 10 for u in units]
+
+
+def test_combinable_units_run_together_and_a_failure_falls_back_to_one_savepoint_each(db_url: str) -> None:
+    """Consecutive combinable units of a group run in one call; when that call fails, nothing of it is kept
+    and each unit runs again alone, so only the failing unit gets the error. A plain unit between them cuts
+    the run."""
+    db = Database(db_url)
+    upgrade(db)
+    ph = "?" if db.is_sqlite else "%s"
+    calls: list[list[int]] = []
+    release = threading.Event()
+
+    def hold(conn: sa.Connection) -> None:
+        release.wait(10)  # the writer thread is busy: what follows queues up into one group
+
+    def plain(conn: sa.Connection) -> str:
+        return "plain"
+
+    first = db.submit(hold)
+    futures = [db.submit(_Insert(n, ph, calls)) for n in (1, 2, 3)]  # a run that commits together
+    futures.append(db.submit(plain))
+    futures += [db.submit(_Insert(n, ph, calls)) for n in (5, 7, 8)]  # 7 fails the run: each alone
+    release.set()
+    first.result(timeout=30)
+    outcomes: list[Any] = []
+    for fut in futures:
+        try:
+            outcomes.append(fut.result(timeout=30))
+        except ValueError as exc:
+            outcomes.append(str(exc))
+    assert outcomes == [10, 20, 30, "plain", 50, "unit 7 fails", 80]
+    assert calls == [[1, 2, 3], [5, 7, 8], [5], [7], [8]]
+    with db.read() as conn:
+        kept = sorted(int(r[0]) for r in conn.execute(sa.select(outbox_t.c.res_id)))
+    assert kept == [1, 2, 3, 5, 8]  # the failed run left no row behind
+    db.dispose()
+
+
+def test_creates_of_one_group_are_written_together(db_url: str, content: Content) -> None:
+    """Prepared creates submitted while the writer is busy are one ``write_many`` call, and each caller still
+    gets its own resource, version, outbox row and audit event."""
+    import asyncio
+
+    hub = build_hub(Settings(database_url=db_url), content=content)
+    upgrade(hub.ctx.db)
+    calls: list[int] = []
+    write_many = hub.ctx.repo.write_many
+
+    def counting(conn: sa.Connection, changes: Any) -> Any:
+        calls.append(len(changes))
+        return write_many(conn, changes)
+
+    hub.ctx.repo.write_many = counting  # type: ignore[method-assign]
+    release = threading.Event()
+    busy = hub.ctx.db.submit(lambda conn: release.wait(10))
+
+    async def create_all() -> list[Any]:
+        reqs = [FhirRequest("POST", "Patient", [], {}, {"resourceType": "Patient", "gender": "female",
+                                                         "identifier": [{"system": "urn:t", "value": str(n)}]},
+                            "http://hub.test/fhir") for n in range(12)]
+        tasks = [asyncio.ensure_future(hub.router.dispatch_write(r)) for r in reqs]
+        await asyncio.sleep(0.2)  # every create prepared and queued behind the busy writer
+        release.set()
+        return list(await asyncio.gather(*tasks))
+
+    responses = asyncio.run(create_all())
+    busy.result(timeout=30)
+    assert [r.status for r in responses] == [201] * 12
+    ids = [orjson.loads(r.body)["id"] for r in responses]
+    assert len(set(ids)) == 12
+    assert calls == [12]
+    with hub.ctx.db.read() as conn:
+        found = conn.exec_driver_sql(
+            "SELECT r.res_id, count(o.pk) FROM resource r JOIN outbox o ON o.resource_pk = r.pk GROUP BY r.res_id"
+        ).all()
+    assert dict(found) == {i: 1 for i in ids}
+    hub.close()
+
+
+def test_sqlite_writes_from_the_event_loop_wait_for_another_process_off_the_loop(tmp_path: Any) -> None:
+    """``submit_async`` on SQLite commits on the caller's event loop; while another process holds the write
+    lock (here a second open of the lock file, which ``flock`` treats as another holder), the loop keeps
+    serving, and the write commits once the lock is free. Nothing is answered before its commit."""
+    import asyncio
+
+    from hub.store.db import WriteLock, sqlite_file
+
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    db = Database(url)
+    upgrade(db)
+    other = WriteLock(sqlite_file(url))
+    other.acquire()
+
+    def work(conn: sa.Connection) -> str:
+        conn.exec_driver_sql("INSERT INTO outbox (resource_pk, res_type, res_id, version, interaction, origin, at)"
+                             " VALUES (1, 'T', 'a', 1, 'create', NULL, 0)")
+        return "committed"
+
+    def count() -> int:
+        with db.read() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(outbox_t)).scalar_one())
+
+    async def main() -> tuple[int, int, str]:
+        write = asyncio.ensure_future(db.submit_async(work))
+        ticks = 0
+        for _ in range(20):  # the loop runs while the write waits for the lock
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not write.done() and count() == 0
+        other.release()
+        result = await asyncio.wait_for(write, 10)
+        return ticks, count(), result
+
+    ticks, rows, result = asyncio.run(main())
+    assert (ticks, rows, result) == (20, 1, "committed")
+    other.close()
+    db.dispose()

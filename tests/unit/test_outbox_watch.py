@@ -33,7 +33,7 @@ def _watching(url: str, content: Content) -> Iterator[Hub]:
     hub = build_hub(Settings(database_url=url), content=content)
     upgrade(hub.ctx.db)
     with socket.socket() as sock:
-        pool = WorkerPool(hub, 0, sock, "")
+        pool = WorkerPool(hub, 0, [sock], "")
         thread = threading.Thread(target=pool._watch_outbox, daemon=True)
         thread.start()
         try:
