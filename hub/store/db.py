@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event
 
@@ -21,7 +21,6 @@ T = TypeVar("T")
 GROUP_MAX = 64  # most units of work one commit carries
 
 
-@runtime_checkable
 class Combinable(Protocol):
     """A unit of work that can also run together with others of its kind: in a group commit, consecutive units
     with the same ``combine_key`` go to ``run_together`` in one call (say, one ``Repository.write_many`` for
@@ -320,7 +319,7 @@ def _runs(batch: list[_Unit[Any]]) -> Iterator[list[_Unit[Any]]]:
     run: list[_Unit[Any]] = []
     key: Hashable = None
     for unit in batch:
-        this = unit.work.combine_key if isinstance(unit.work, Combinable) else None
+        this = getattr(unit.work, "combine_key", None)  # (isinstance on a runtime Protocol costs ~20 µs)
         if run and (this is None or this != key):
             yield run
             run = []
@@ -342,8 +341,7 @@ def _run_alone(cur: Any, conn: Connection, unit: _Unit[Any]) -> None:
 
 def _run_together(cur: Any, conn: Connection, run: list[_Unit[Any]]) -> bool:
     """Run combinable units in one call and one SAVEPOINT; False (and nothing kept) if that call raised."""
-    first = run[0].work
-    assert isinstance(first, Combinable)
+    first = cast(Combinable, run[0].work)  # _runs put only units with a combine_key together
     cur.execute("SAVEPOINT fhirhub_run")
     try:
         results = first.run_together(conn, [unit.work for unit in run])
