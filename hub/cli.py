@@ -52,9 +52,10 @@ def serve(
     from hub.store.schema import upgrade
 
     settings = _settings()
-    # CPython hands the GIL over every 5 ms by default. The SQLite writer thread holds the cross-process write
-    # lock while it runs; waiting 5 ms for the GIL there stalls every other process's writes (measured: creates
-    # at 16 clients 700/s at 5 ms, 860-900/s at 1 ms; reads unchanged).
+    # CPython hands the GIL over every 5 ms by default. A thread that holds SQLite's cross-process write lock
+    # (run_write, db.write(): the loader, the HL7 pipeline, the services) must not wait that long for the GIL
+    # while every other process waits for the lock (measured, when REST writes still ran on a writer thread:
+    # creates at 16 clients 700/s at 5 ms, 860-900/s at 1 ms; reads unchanged).
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     _configure_logging(settings.log_level)
     host = host or settings.host

@@ -6,8 +6,8 @@ One Python process runs one core's worth of Python. With ``workers`` above 1, ``
   dispatcher and deliveries, workflows, MLLP listeners and senders, EHR sync) and serves the whole app on a
   private Unix socket, for the requests only it can answer;
 * **N API workers** (``python -m hub serve --worker-fd FD --primary PATH``): each serves the REST API on the
-  public address, a listening socket they all inherit from the primary (the kernel hands each new
-  connection to one of them). They run no background service. Requests for what the services own (the
+  public address, on a listening socket of its own that it inherits from the primary (``bind``: one per
+  worker on the same port, ``SO_REUSEPORT``; the kernel spreads new connections over them). They run no background service. Requests for what the services own (the
   subscription operations ``$status``, ``$events``, ``$resend``, ``$workflow-runs``, and ``/admin/…`` and
   ``/sync/…``) are forwarded to the primary over its socket, with the caller's token, address and scheme.
 

@@ -363,6 +363,8 @@ class WriteLock:
     A thread lock, then an exclusive ``flock`` on ``<database>.write-lock``: API worker processes, the services
     process and ``fhirhub load`` queue here, woken by the kernel the moment the lock is free, instead of in
     SQLite's busy handler, which sleeps (1, 2, 5 … 100 ms) between tries. In-memory databases need no file lock.
+    Never wait for it on an event loop's thread: the loop's writer (``Database.submit_async``) tries it
+    without waiting, and otherwise waits in a thread.
     """
 
     def __init__(self, path: str | None) -> None:
