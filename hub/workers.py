@@ -160,8 +160,13 @@ def bind(host: str, port: int, count: int = 1) -> list[socket.socket]:
     shared by every worker, whichever worker woke first took every connection waiting (uvloop accepts until
     the queue is empty): sixteen clients connecting at once could all land on one worker, leaving the other
     idle. A worker that exits leaves its socket here, and what waits in its queue goes to the worker started
-    in its place. (Only processes of the same user can join the group.)"""
+    in its place. A plain bind first checks that nobody listens on the port: sockets with ``SO_REUSEPORT``
+    would otherwise join those of a hub already running there (same user) and share its connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))  # OSError (address in use) if anything listens there, our kind included
+        port = probe.getsockname()[1]
     socks: list[socket.socket] = []
     try:
         for _ in range(max(1, count)):
@@ -170,7 +175,6 @@ def bind(host: str, port: int, count: int = 1) -> list[socket.socket]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
-            port = sock.getsockname()[1]  # port 0: the others join the port the first one was given
             sock.listen(2048)
             sock.set_inheritable(True)
     except BaseException:

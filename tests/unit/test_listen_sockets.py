@@ -45,3 +45,13 @@ def test_a_port_in_use_fails_at_bind() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(OSError):  # the taken socket has no SO_REUSEPORT: no second server joins it
             bind("127.0.0.1", port, 2)
+
+
+def test_a_second_hub_on_the_same_port_fails_instead_of_sharing_its_connections() -> None:
+    socks = bind("127.0.0.1", 0, 2)
+    try:
+        with pytest.raises(OSError):
+            bind("127.0.0.1", socks[0].getsockname()[1], 2)
+    finally:
+        for sock in socks:
+            sock.close()
