@@ -7,9 +7,10 @@ One Python process runs one core's worth of Python. With ``workers`` above 1, ``
   private Unix socket, for the requests only it can answer;
 * **N API workers** (``python -m hub serve --worker-fd FD --primary PATH``): each serves the REST API on the
   public address, on a listening socket of its own that it inherits from the primary (``bind``: one per
-  worker on the same port, ``SO_REUSEPORT``; the kernel spreads new connections over them). They run no background service. Requests for what the services own (the
-  subscription operations ``$status``, ``$events``, ``$resend``, ``$workflow-runs``, and ``/admin/…`` and
-  ``/sync/…``) are forwarded to the primary over its socket, with the caller's token, address and scheme.
+  worker on the same port, ``SO_REUSEPORT``; the kernel spreads new connections over them). They run no
+  background service. Requests for what the services own (the subscription operations ``$status``,
+  ``$events``, ``$resend``, ``$workflow-runs``, and ``/admin/…`` and ``/sync/…``) are forwarded to the
+  primary over its socket, with the caller's token, address and scheme.
 
 Every process writes through the same repository function; on SQLite they queue on one file lock
 (:class:`hub.store.db.WriteLock`). The primary learns of commits made by the workers (SQLite: ``PRAGMA
