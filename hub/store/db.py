@@ -195,8 +195,15 @@ class Database:
         assert lock is not None
         while self._loop_units:
             await asyncio.sleep(0)  # first let the loop take what is ready: more units for this group
-            if not lock.try_acquire():
-                await self._acquire_in_thread(lock)
+            try:
+                if not lock.try_acquire():
+                    await self._acquire_in_thread(lock)
+            except Exception as exc:  # the lock file cannot be locked: every waiting caller gets the error
+                while self._loop_units:
+                    _, future = self._loop_units.popleft()
+                    if not future.done():
+                        future.set_exception(exc)
+                return
             try:
                 take = min(GROUP_MAX, len(self._loop_units))
                 pairs = [self._loop_units.popleft() for _ in range(take)]

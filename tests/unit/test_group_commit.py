@@ -287,3 +287,24 @@ def test_sqlite_writes_from_the_event_loop_wait_for_another_process_off_the_loop
     assert (ticks, rows, result) == (20, 1, "committed")
     other.close()
     db.dispose()
+
+
+def test_sqlite_loop_writes_fail_instead_of_hanging_when_the_write_lock_cannot_be_taken(tmp_path: Any) -> None:
+    import asyncio
+
+    db = Database(f"sqlite:///{tmp_path / 'hub.db'}")
+    upgrade(db)
+    assert db._write_lock is not None
+
+    def broken() -> bool:
+        raise OSError(5, "Input/output error")
+
+    db._write_lock.try_acquire = broken  # type: ignore[method-assign]
+
+    async def main() -> list[Any]:
+        writes = [db.submit_async(lambda conn: "never") for _ in range(3)]
+        return await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 10)
+
+    outcomes = asyncio.run(main())
+    assert [type(o) for o in outcomes] == [OSError] * 3
+    db.dispose()
