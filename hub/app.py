@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator
@@ -126,6 +127,9 @@ def create_app(hub: Hub) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         started: list[Service] = []
+        audit = hub.ctx.audit
+        if audit is not None:
+            audit.run_on(asyncio.get_running_loop())
         try:
             for service in hub.services:
                 await service.start()
@@ -135,6 +139,8 @@ def create_app(hub: Hub) -> FastAPI:
         finally:
             for service in reversed(started):
                 await service.stop()
+            if audit is not None:
+                await audit.stop_loop()
             executor.shutdown(wait=False, cancel_futures=True)
 
     kwargs: dict[str, Any] = {}

@@ -242,8 +242,8 @@ def run(db: str, workdir: Path, opts: Options) -> Section:
                     if opts.verbose:
                         log(f"{db} {w} × {clients} → {cfg} (round {1 + n // 3})")
                     profile = None
-                    if opts.profile_dir is not None and cfg == "on":
-                        profile = opts.profile_dir / f"{db}-auth-{w}-{clients}-{1 + n // 3}.txt"
+                    if opts.profile_dir is not None:  # every configuration, so that their profiles can be compared
+                        profile = opts.profile_dir / f"{db}-auth-{w}-{clients}-{cfg}-{1 + n // 3}.txt"
                     result = run_load(srv, _requests(w, ids[cfg], _auth(cfg, token)), clients, opts, workdir,
                                       (200,) if w == "read" else (201,), duration=piece, profile=profile)
                     slices[cfg].append(result)

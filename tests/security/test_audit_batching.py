@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +27,7 @@ class CountingDatabase:
         self.db = db
         self.writes = 0
         self.fail = 0
+        self.threads: set[int] = set()
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Any]:
@@ -34,6 +37,14 @@ class CountingDatabase:
             raise RuntimeError("the database is unavailable")
         with self.db.write() as conn:
             yield conn
+
+    async def submit_async(self, work: Any) -> Any:
+        self.writes += 1
+        self.threads.add(threading.get_ident())
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError("the database is unavailable")
+        return await self.db.submit_async(work)
 
 
 @pytest.fixture
@@ -124,3 +135,70 @@ def test_event_ids_are_unique_and_grow_with_time(db: Database) -> None:
     assert ids == sorted(ids), "ids follow the time of the event (appended at the right edge of the unique index)"
     assert all(uuid.UUID(i).version == 7 for i in ids)
     trail.close()
+
+
+@pytest.mark.asyncio
+async def test_in_a_server_the_batches_are_written_from_its_event_loop(db: Database) -> None:
+    """``run_on``: the writer is a task on the loop, committing through ``submit_async`` (no thread of its own);
+    events queued by worker threads are written too, a full batch wakes it early, and ``stop_loop`` leaves nothing."""
+    counting = CountingDatabase(db)
+    trail = AuditTrail(counting, batch=50, interval=0.05)  # type: ignore[arg-type]
+    trail.enqueue(AuditRecord("read", 0, "client-a", None, ["Patient/early"]))  # before the loop writer starts
+    trail.run_on(asyncio.get_running_loop())
+    for k in range(100):
+        trail.enqueue(AuditRecord("read", 0, "client-a", None, [f"Patient/{k}"]))
+        if k % 10 == 9:
+            await asyncio.sleep(0.005)
+
+    def from_a_worker_thread() -> None:
+        for k in range(30):
+            trail.enqueue(AuditRecord("search-type", 0, "client-b", None, [f"Patient/t{k}"]))
+
+    await asyncio.to_thread(from_a_worker_thread)
+    deadline = time.monotonic() + 10
+    while len(_rows(db)) < 131 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert len(_rows(db)) == 131
+    assert trail._thread is None, "no writer thread beside the loop"
+    assert counting.threads == {threading.get_ident()}, "every batch was handed to submit_async from the loop"
+    assert counting.writes <= 20
+    counting.fail = 1  # a failed batch goes back on the queue; stop_loop writes it
+    trail.enqueue(AuditRecord("read", 0, "client-a", None, ["Patient/last"]))
+    await asyncio.sleep(0.2)
+    await trail.stop_loop()
+    trail.flush_now()
+    refs = [orjson.loads(r.data)["entity"][0]["what"]["reference"] for r in _rows(db)]
+    assert len(refs) == 132 and len(set(refs)) == 132 and refs[-1] == "Patient/last"
+    trail.close()
+
+
+def test_flush_now_waits_for_the_batch_the_loop_writer_has_in_hand(db: Database) -> None:
+    """A caller off the loop (a test, the shutdown) that flushes sees every event queued before it in the table,
+    also those the loop's task has taken and not yet committed."""
+    trail = AuditTrail(db, interval=0.01)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    finish = threading.Event()
+
+    async def serve() -> None:
+        trail.run_on(asyncio.get_running_loop())
+        started.set()
+        while not finish.is_set():
+            await asyncio.sleep(0.01)
+        await trail.stop_loop()
+
+    runner = threading.Thread(target=loop.run_until_complete, args=(serve(),))
+    runner.start()
+    try:
+        assert started.wait(10)
+        for round_ in range(20):
+            for k in range(25):
+                trail.enqueue(AuditRecord("read", 0, "client-a", None, [f"Patient/{round_}-{k}"]))
+            trail.flush_now()
+            assert len(_rows(db)) == 25 * (round_ + 1)
+    finally:
+        finish.set()
+        runner.join(10)
+        loop.close()
+        trail.close()
