@@ -116,10 +116,14 @@ class _PreparedCreate:
     def run_together(self, conn: Connection, units: Sequence[_PreparedCreate]) -> list[tuple[Planned, WriteResult]]:
         router = self.router
         planned = [router.plan(conn, u.req, u.route, prepared=u.change) for u in units]
-        results = router.ctx.repo.write_many(conn, [u.change for u in units])
-        if router.ctx.audit is not None:
-            router.ctx.audit.write(conn, [router.write_record(u.req, u.route, r, p.entry_url)
-                                          for u, r, p in zip(units, results, planned, strict=True)])
+        trail = router.ctx.audit
+
+        def audit(results: list[WriteResult]) -> None:  # in the write's pipeline, before the outbox step
+            if trail is not None:
+                trail.write(conn, [router.write_record(u.req, u.route, r, p.entry_url)
+                                   for u, r, p in zip(units, results, planned, strict=True)])
+
+        results = router.ctx.repo.write_many(conn, [u.change for u in units], audit)
         return list(zip(planned, results, strict=True))
 
 
@@ -201,10 +205,17 @@ class FhirRouter:
 
         def work(conn: Connection) -> tuple[Planned, WriteResult | None]:
             planned = self.plan(conn, req, route, prepared=prepared)
-            result = self.ctx.repo.write(conn, planned.change) if planned.change is not None else None
-            if self.ctx.audit is not None:
-                self.ctx.audit.write(conn, [self.write_record(req, route, result, planned.entry_url)])
-            return planned, result
+            trail = self.ctx.audit
+            if planned.change is None:  # nothing to write (a conditional create that matched): its event alone
+                if trail is not None:
+                    trail.write(conn, [self.write_record(req, route, None, planned.entry_url)])
+                return planned, None
+
+            def audit(results: list[WriteResult]) -> None:  # in the write's pipeline, before the outbox step
+                if trail is not None:
+                    trail.write(conn, [self.write_record(req, route, results[0], planned.entry_url)])
+
+            return planned, self.ctx.repo.write(conn, planned.change, audit)
 
         return work
 

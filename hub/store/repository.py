@@ -191,11 +191,19 @@ class Repository:
         body = {"resourceType": res_type, "id": res_id, **{k: v for k, v in resource.items() if k not in ("resourceType", "id")}}
         return self.indexer.extract(body)
 
-    def write(self, conn: Connection, change: Change) -> WriteResult:
-        return self.write_many(conn, [change])[0]
+    def write(self, conn: Connection, change: Change,
+              before_outbox: Callable[[list[WriteResult]], None] | None = None) -> WriteResult:
+        return self.write_many(conn, [change], before_outbox)[0]
 
-    def write_many(self, conn: Connection, changes: Sequence[Change]) -> list[WriteResult]:
-        """Apply ``changes`` inside the caller's transaction. Each (type, id) at most once."""
+    def write_many(self, conn: Connection, changes: Sequence[Change],
+                   before_outbox: Callable[[list[WriteResult]], None] | None = None) -> list[WriteResult]:
+        """Apply ``changes`` inside the caller's transaction. Each (type, id) at most once.
+
+        ``before_outbox`` gets the results once they are known and may insert rows that belong with the write
+        (its AuditEvents) in the same pipeline, before the outbox step: on PostgreSQL that step takes the lock
+        that orders the writers' commits, which is then held to COMMIT, so a statement after it would hold every
+        other writer for one more round trip.
+        """
         if not changes:
             return []
         keys = [(c.res_type, c.res_id) for c in changes]
@@ -270,6 +278,8 @@ class Repository:
             sql.update_by_pk(conn, resource_t, UPDATE_COLS, updates)
             sql.insert_many(conn, version_t, VERSION_COLS, versions)
             self._reindex(conn, reindex)
+            if before_outbox is not None:
+                before_outbox(results)
             if outbox:
                 if conn.dialect.name == "postgresql":
                     # Outbox keys must commit in key order, or a reader could pass a key that commits later:

@@ -218,9 +218,9 @@ def test_creates_of_one_group_are_written_together(db_url: str, content: Content
     calls: list[int] = []
     write_many = hub.ctx.repo.write_many
 
-    def counting(conn: sa.Connection, changes: Any) -> Any:
+    def counting(conn: sa.Connection, changes: Any, before_outbox: Any = None) -> Any:
         calls.append(len(changes))
-        return write_many(conn, changes)
+        return write_many(conn, changes, before_outbox)
 
     hub.ctx.repo.write_many = counting  # type: ignore[method-assign]
     release = threading.Event()

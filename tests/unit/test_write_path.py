@@ -219,3 +219,25 @@ def test_conditional_operations_need_search(hub: Hub) -> None:
     r = call(hub, "POST", "Patient", {"resourceType": "Patient"}, {"if-none-exist": "identifier=a|b"})
     assert r.status == 501
     assert counts(hub) == (0, 0, 0)
+
+
+def test_the_audit_event_of_a_write_is_inserted_before_its_outbox_row(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL the outbox step takes the lock that orders the writers' commits and holds it to COMMIT;
+    the write's AuditEvent goes in before it (``write_many(before_outbox=…)``), not one round trip after."""
+    from hub.store import sql
+
+    inserted: list[str] = []
+    insert_many = sql.insert_many
+
+    def recording(conn: sa.Connection, table: sa.Table, columns: Any, rows: Any) -> None:
+        inserted.append(table.name)
+        insert_many(conn, table, columns, rows)
+
+    monkeypatch.setattr(sql, "insert_many", recording)
+    assert call(hub, "PUT", "Patient/p1", {"resourceType": "Patient", "id": "p1", "active": True}).status == 201
+    assert call(hub, "PUT", "Patient/p1", {"resourceType": "Patient", "id": "p1", "active": False}).status == 200
+    assert call(hub, "DELETE", "Patient/p1").status in (200, 204)
+    assert call(hub, "POST", "Patient", {"resourceType": "Patient", "active": True}).status == 201
+    order = [t for t in inserted if t in ("audit_event", "outbox")]
+    assert order == ["audit_event", "outbox"] * 4, inserted
+    assert counts(hub)[2] == 4
