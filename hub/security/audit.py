@@ -254,7 +254,7 @@ class AuditTrail:
         todo = len(self._pending)
         while todo > 0:
             with self._idle:
-                self._in_flight += 1  # before taking the records: flush_now() must not see them nowhere
+                self._in_flight += 1  # counted before the records leave the queue: flush_now() waits for them
             try:
                 items = self._take(min(todo, self.batch))
                 if not items:
