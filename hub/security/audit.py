@@ -5,9 +5,8 @@
   soon as 500 events wait), which keeps the cost of auditing reads small: queuing is
   an append, with no lock and no thread wake-up, and a busy second costs about
   twenty write transactions, not one per event. In an API process the batches are
-  written by a task on its event loop, through ``Database.submit_async`` (see
-  :meth:`AuditTrail.run_on`); elsewhere (the CLI, tests without a loop) by one
-  background thread. A read's event is queued (with its time) before its response
+  written by a task on its event loop (see :meth:`AuditTrail.run_on`); elsewhere
+  (the CLI, tests without a loop) by one background thread. A read's event is queued (with its time) before its response
   is returned; the queue is flushed at shutdown.
 * Append-only: the ``audit_event`` table has no update or delete anywhere in the
   hub, and the REST API refuses create/update/patch/delete on AuditEvent (405).
@@ -201,10 +200,13 @@ class AuditTrail:
         driver and waits to get it back from the loop, and the loop is made to hand it over (measured on
         SQLite, reads by id at 16 clients: 52 µs of writer-thread CPU per event, against 13 µs for the
         same insert in a quiet process, and the loop itself ~50 µs slower per request). A task on the
-        loop commits through :meth:`Database.submit_async`, as the REST writes do: on SQLite on the loop
+        loop on SQLite commits through :meth:`Database.submit_async`, as the REST writes do: on the loop
         thread itself, grouped with the writes queued meanwhile (only waiting for the write lock that
-        another process holds goes to a thread); on PostgreSQL through the writer thread, which waits on
-        the network. Events queued before this call are written by the first batch.
+        another process holds goes to a thread). On PostgreSQL a batch is one statement whose driver waits
+        on the network without the GIL, so it goes to a worker thread, in a transaction of its own: in the
+        writer thread's group commit it would run after the creates of the group had taken the lock that
+        orders commits, and hold it for two more round trips. Events queued before this call are written
+        by the first batch.
         """
         self._loop_wake = asyncio.Event()
         self._loop = loop
@@ -261,7 +263,10 @@ class AuditTrail:
                     return True
                 todo -= len(items)
                 try:
-                    await self.db.submit_async(functools.partial(self.write, records=items))
+                    if self.db.is_sqlite:
+                        await self.db.submit_async(functools.partial(self.write, records=items))
+                    else:  # a transaction of its own, off the writer thread's groups (see run_on)
+                        await asyncio.to_thread(self._write_alone, items)
                 except Exception as exc:  # noqa: BLE001 - keep the writer alive; the events go back on the queue
                     log.error("audit batch of %d events not written (%s); retrying", len(items), type(exc).__name__)
                     self._pending.extendleft(reversed(items))
@@ -271,6 +276,10 @@ class AuditTrail:
                     self._in_flight -= 1
                     self._idle.notify_all()
         return True
+
+    def _write_alone(self, items: list[AuditRecord]) -> None:
+        with self.db.write() as conn:
+            self.write(conn, items)
 
     def _take(self, n: int) -> list[AuditRecord]:
         """Up to ``n`` records from the head of the queue (another writer may be taking from it too)."""

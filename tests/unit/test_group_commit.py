@@ -122,9 +122,10 @@ def test_postgresql_group_that_fails_at_commit_reruns_each_unit_alone() -> None:
         db = Database(url)
         with db.write() as conn:
             conn.exec_driver_sql("CREATE TABLE t_defer (k int, CONSTRAINT t_defer_k UNIQUE (k) DEFERRABLE INITIALLY DEFERRED)")
-        release = threading.Event()
+        release, started = threading.Event(), threading.Event()
 
         def hold(conn: sa.Connection) -> None:
+            started.set()
             release.wait(10)  # the writer thread is busy: what follows queues up into one group
 
         def insert(k: int) -> Any:
@@ -134,6 +135,7 @@ def test_postgresql_group_that_fails_at_commit_reruns_each_unit_alone() -> None:
             return run
 
         first = db.submit(hold)
+        assert started.wait(10)
         futures = [db.submit(insert(k)) for k in (1, 2, 1, 3)]  # the second 1 breaks the group's commit
         release.set()
         first.result(timeout=30)
@@ -182,13 +184,17 @@ def test_combinable_units_run_together_and_a_failure_falls_back_to_one_savepoint
     calls: list[list[int]] = []
     release = threading.Event()
 
+    started = threading.Event()
+
     def hold(conn: sa.Connection) -> None:
+        started.set()
         release.wait(10)  # the writer thread is busy: what follows queues up into one group
 
     def plain(conn: sa.Connection) -> str:
         return "plain"
 
     first = db.submit(hold)
+    assert started.wait(10)
     futures = [db.submit(_Insert(n, ph, calls)) for n in (1, 2, 3)]  # a run that commits together
     futures.append(db.submit(plain))
     futures += [db.submit(_Insert(n, ph, calls)) for n in (5, 7, 8)]  # 7 fails the run: each alone
@@ -223,8 +229,14 @@ def test_creates_of_one_group_are_written_together(db_url: str, content: Content
         return write_many(conn, changes, before_outbox)
 
     hub.ctx.repo.write_many = counting  # type: ignore[method-assign]
-    release = threading.Event()
-    busy = hub.ctx.db.submit(lambda conn: release.wait(10))
+    release, started = threading.Event(), threading.Event()
+
+    def hold(conn: sa.Connection) -> None:
+        started.set()
+        release.wait(10)
+
+    busy = hub.ctx.db.submit(hold)
+    assert started.wait(10), "the writer holds the write transaction before the creates arrive"
 
     async def create_all() -> list[Any]:
         reqs = [FhirRequest("POST", "Patient", [], {}, {"resourceType": "Patient", "gender": "female",
