@@ -4,9 +4,9 @@
 * Reads and failures: events are queued and written in batches (every 50 ms, or as
   soon as 500 events wait), which keeps the cost of auditing reads small: queuing is
   an append, with no lock and no thread wake-up, and a busy second costs about
-  twenty write transactions, not one per event. In an API process the batches are
-  written by a task on its event loop (see :meth:`AuditTrail.run_on`); elsewhere
-  (the CLI, tests without a loop) by one background thread. A read's event is queued (with its time) before its response
+  twenty write transactions, not one per event. In a serving process on SQLite the
+  batches are written by a task on its event loop (see :meth:`AuditTrail.run_on`);
+  otherwise by one background thread. A read's event is queued (with its time) before its response
   is returned; the queue is flushed at shutdown.
 * Append-only: the ``audit_event`` table has no update or delete anywhere in the
   hub, and the REST API refuses create/update/patch/delete on AuditEvent (405).
@@ -155,7 +155,7 @@ class AuditTrail:
     wake-up); a writer wakes every ``interval`` seconds — or as soon as ``batch`` records wait —
     builds the rows and inserts them in one transaction. So a burst of reads costs one write
     transaction per interval, not one per event. The writer is a task on the event loop given to
-    :meth:`run_on` (an API process), else a thread of its own.
+    :meth:`run_on` (a serving process on SQLite), else a thread of its own.
     """
 
     def __init__(self, db: Database, *, batch: int = 500, interval: float = 0.05) -> None:
@@ -200,14 +200,17 @@ class AuditTrail:
         driver and waits to get it back from the loop, and the loop is made to hand it over (measured on
         SQLite, reads by id at 16 clients: 52 µs of writer-thread CPU per event, against 13 µs for the
         same insert in a quiet process, and the loop itself ~50 µs slower per request). A task on the
-        loop on SQLite commits through :meth:`Database.submit_async`, as the REST writes do: on the loop
-        thread itself, grouped with the writes queued meanwhile (only waiting for the write lock that
-        another process holds goes to a thread). On PostgreSQL a batch is one statement whose driver waits
-        on the network without the GIL, so it goes to a worker thread, in a transaction of its own: in the
-        writer thread's group commit it would run after the creates of the group had taken the lock that
-        orders commits, and hold it for two more round trips. Events queued before this call are written
-        by the first batch.
+        loop commits through :meth:`Database.submit_async`, as the REST writes do: on the loop thread
+        itself, grouped with the writes queued meanwhile (only waiting for the write lock that another
+        process holds goes to a thread). Events queued before this call are written by the first batch.
+
+        SQLite only: on PostgreSQL the thread stays. There a batch is one statement whose driver waits on
+        the network without the GIL, so the thread costs little; and ``submit_async`` would put the batch
+        in the writer thread's group commit, after the group's creates had taken the lock that orders
+        commits, and hold it for more round trips.
         """
+        if not self.db.is_sqlite:
+            return
         self._loop_wake = asyncio.Event()
         self._loop = loop
         with self._start_lock:  # a writer thread started by an earlier event: the task takes over from it
@@ -263,10 +266,7 @@ class AuditTrail:
                     return True
                 todo -= len(items)
                 try:
-                    if self.db.is_sqlite:
-                        await self.db.submit_async(functools.partial(self.write, records=items))
-                    else:  # a transaction of its own, off the writer thread's groups (see run_on)
-                        await asyncio.to_thread(self._write_alone, items)
+                    await self.db.submit_async(functools.partial(self.write, records=items))
                 except Exception as exc:  # noqa: BLE001 - keep the writer alive; the events go back on the queue
                     log.error("audit batch of %d events not written (%s); retrying", len(items), type(exc).__name__)
                     self._pending.extendleft(reversed(items))
@@ -276,10 +276,6 @@ class AuditTrail:
                     self._in_flight -= 1
                     self._idle.notify_all()
         return True
-
-    def _write_alone(self, items: list[AuditRecord]) -> None:
-        with self.db.write() as conn:
-            self.write(conn, items)
 
     def _take(self, n: int) -> list[AuditRecord]:
         """Up to ``n`` records from the head of the queue (another writer may be taking from it too)."""
