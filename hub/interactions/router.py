@@ -119,11 +119,11 @@ class _PreparedCreate:
         trail = router.ctx.audit
 
         def audit(results: list[WriteResult]) -> None:  # in the write's pipeline, before the outbox step
-            if trail is not None:
-                trail.write(conn, [router.write_record(u.req, u.route, r, p.entry_url)
-                                   for u, r, p in zip(units, results, planned, strict=True)])
+            assert trail is not None
+            trail.write(conn, [router.write_record(u.req, u.route, r, p.entry_url)
+                               for u, r, p in zip(units, results, planned, strict=True)])
 
-        results = router.ctx.repo.write_many(conn, [u.change for u in units], audit)
+        results = router.ctx.repo.write_many(conn, [u.change for u in units], audit if trail is not None else None)
         return list(zip(planned, results, strict=True))
 
 
@@ -212,10 +212,10 @@ class FhirRouter:
                 return planned, None
 
             def audit(results: list[WriteResult]) -> None:  # in the write's pipeline, before the outbox step
-                if trail is not None:
-                    trail.write(conn, [self.write_record(req, route, results[0], planned.entry_url)])
+                assert trail is not None
+                trail.write(conn, [self.write_record(req, route, results[0], planned.entry_url)])
 
-            return planned, self.ctx.repo.write(conn, planned.change, audit)
+            return planned, self.ctx.repo.write(conn, planned.change, audit if trail is not None else None)
 
         return work
 

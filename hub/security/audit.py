@@ -6,8 +6,8 @@
   an append, with no lock and no thread wake-up, and a busy second costs about
   twenty write transactions, not one per event. In a serving process on SQLite the
   batches are written by a task on its event loop (see :meth:`AuditTrail.run_on`);
-  otherwise by one background thread. A read's event is queued (with its time) before its response
-  is returned; the queue is flushed at shutdown.
+  otherwise by one background thread. A read's event is queued (with its time)
+  before its response is returned; the queue is flushed at shutdown.
 * Append-only: the ``audit_event`` table has no update or delete anywhere in the
   hub, and the REST API refuses create/update/patch/delete on AuditEvent (405).
   A client with the ``fhirhub/audit`` scope searches it at ``/fhir/AuditEvent``.
@@ -184,14 +184,14 @@ class AuditTrail:
             record.recorded = now_micros()  # when it happened, not when the batch is written
         self._pending.append(record)
         if self._loop is not None:
-            if len(self._pending) >= self.batch and self._loop_wake is not None:
+            if len(self._pending) >= self.batch:
                 self._wake_loop()
         elif self._thread is None:
             self.start()
         elif len(self._pending) >= self.batch:
             self._wake.set()
 
-    # -- the writer as a task on an event loop (API processes)
+    # -- the writer as a task on an event loop (serving processes on SQLite)
     def run_on(self, loop: asyncio.AbstractEventLoop) -> None:
         """Write the batches from a task on ``loop`` (call it from that loop, at start-up).
 
@@ -267,9 +267,8 @@ class AuditTrail:
                 todo -= len(items)
                 try:
                     await self.db.submit_async(functools.partial(self.write, records=items))
-                except Exception as exc:  # noqa: BLE001 - keep the writer alive; the events go back on the queue
-                    log.error("audit batch of %d events not written (%s); retrying", len(items), type(exc).__name__)
-                    self._pending.extendleft(reversed(items))
+                except Exception as exc:  # noqa: BLE001 - keep the writer alive
+                    self._put_back(items, exc)
                     return False
             finally:
                 with self._idle:
@@ -316,11 +315,15 @@ class AuditTrail:
             with self.db.write() as conn:
                 self.write(conn, items)
             return True
-        except Exception as exc:  # noqa: BLE001 - keep the writer alive; the events go back on the queue
-            log.error("audit batch of %d events not written (%s); retrying", len(items), type(exc).__name__)
-            self._pending.extendleft(reversed(items))
+        except Exception as exc:  # noqa: BLE001 - keep the writer alive
+            self._put_back(items, exc)
             self._stopped.wait(1.0)
             return False
+
+    def _put_back(self, items: list[AuditRecord], exc: Exception) -> None:
+        """A batch that could not be written goes back to the head of the queue, in order, for the next turn."""
+        log.error("audit batch of %d events not written (%s); retrying", len(items), type(exc).__name__)
+        self._pending.extendleft(reversed(items))
 
     def flush_now(self) -> None:
         """Write everything queued so far (tests, shutdown), and wait for the loop writer's batch in hand
