@@ -7,7 +7,7 @@ is answered by one driver-level SQL statement built from the search engine's own
 conditions (:func:`hub.search.compile.cond_sql`): the same clauses, the same index rows, the same order
 (``pk``). Its shape differs from a search page's where it must: on PostgreSQL the index rows are read
 first and the resources by key (``pk = ANY(ARRAY(…))``, see :func:`_fast_sql`), and a wave of look-ups runs
-as one ``UNION ALL`` (:func:`prefetch`). Anything else (chains, ``_has``, ``:missing``, composites, long OR
+as one ``UNION ALL`` (:func:`prefetch`; on PostgreSQL its one-token look-ups as one statement over arrays). Anything else (chains, ``_has``, ``:missing``, composites, long OR
 lists) goes to :meth:`SearchEngine.find`.
 """
 
@@ -132,15 +132,32 @@ def _lock_key(res_type: str, criteria: str) -> int:
 
 
 def _run_parts(conn: Connection, keys: list[tuple[str, str]], parts: list[tuple[str, list[Any]]]) -> dict[tuple[str, str], list[str]]:
-    """Run the look-ups ``parts`` (``SELECT q, pk, res_id`` each, q its position) in UNION ALL statements."""
+    """Run the look-ups ``parts`` (``SELECT q, pk, res_id`` each, q its position) in UNION ALL statements.
+
+    On PostgreSQL the look-ups of one token (``identifier=system|value``, nearly all of an HL7v2 wave) go
+    as one statement over arrays instead (:data:`_BY_TOKENS`): its text never changes, so it is planned
+    once per connection, where a ``UNION ALL`` of n look-ups is planned anew for each wave (measured on a
+    wave of 58: 8.6 ms planning, 10 ms executing)."""
     memo: dict[tuple[str, str], list[str]] = {k: [] for k in keys}
-    for i in range(0, len(parts), 200):  # SQLite allows 500 compound SELECTs
-        chunk = parts[i : i + 200]
-        cur: Any = conn.connection.cursor()
+    rest = list(range(len(parts)))
+    if conn.dialect.name == "postgresql":
+        tokens = [q for q in rest if parts[q][0] == _ONE_TOKEN_PG and parts[q][1][1] is False]
+        if len(tokens) > 1:
+            taken = set(tokens)
+            rest = [q for q in rest if q not in taken]
+            cur: Any = conn.connection.cursor()
+            try:
+                cur.execute(_BY_TOKENS, [tokens, [parts[q][1][0] for q in tokens], [parts[q][1][2] for q in tokens]])
+                for q, _, rid in cur.fetchall():
+                    memo[keys[int(q)]].append(str(rid))
+            finally:
+                cur.close()
+    for i in range(0, len(rest), 200):  # SQLite allows 500 compound SELECTs
+        chunk = rest[i : i + 200]
+        cur = conn.connection.cursor()
         try:
-            cur.execute(" UNION ALL ".join(f"SELECT {i + j} AS q, pk, res_id FROM ({sql}) AS m{i + j}"
-                                           for j, (sql, _) in enumerate(chunk)) + " ORDER BY q, pk",
-                        [v for _, vs in chunk for v in vs])
+            cur.execute(" UNION ALL ".join(f"SELECT {q} AS q, pk, res_id FROM ({parts[q][0]}) AS m{q}" for q in chunk)
+                        + " ORDER BY q, pk", [v for q in chunk for v in parts[q][1]])
             for q, _, rid in cur.fetchall():
                 memo[keys[int(q)]].append(str(rid))
         finally:
@@ -211,3 +228,19 @@ def _fast_sql(ctx: Context, res_type: str, criteria: str, pg: bool) -> tuple[str
     by_key = " AND ".join(t for t, _ in keyed)
     sql = f"SELECT pk, res_id FROM (SELECT pk, res_id, res_type, deleted FROM resource WHERE {by_key} OFFSET 0) AS k WHERE {tests}"
     return sql + " ORDER BY pk", [*(v for _, vs in keyed for v in vs), *test_params]
+
+
+# What _fast_sql gives on PostgreSQL for one token and one value (``identifier=system|value``), and the same
+# look-up for many such criteria at once: (position, token hash, type) arrays, the same index rows and tests
+# per row of them, in (position, pk) order. tests/unit/test_conditional_fast.py holds _fast_sql to this text.
+_ONE_TOKEN_PG = (
+    "SELECT pk, res_id FROM (SELECT pk, res_id, res_type, deleted FROM resource WHERE "
+    "pk = ANY(ARRAY(SELECT resource_pk FROM idx_token WHERE hash_sys_code = %s)) OFFSET 0) AS k "
+    "WHERE deleted = %s AND res_type = %s ORDER BY pk"
+)
+_BY_TOKENS = (
+    "SELECT w.q, k.pk, k.res_id FROM unnest(%b::int[], %b::bigint[], %b::text[]) AS w(q, h, t) "
+    "CROSS JOIN LATERAL (SELECT pk, res_id, res_type, deleted FROM resource WHERE "
+    "pk = ANY(ARRAY(SELECT resource_pk FROM idx_token WHERE hash_sys_code = w.h)) OFFSET 0) AS k "
+    "WHERE k.deleted = false AND k.res_type = w.t ORDER BY w.q, k.pk"
+)

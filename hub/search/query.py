@@ -450,6 +450,8 @@ def not_supported_issue(message: str) -> Issue:
 # --------------------------------------------------------------------------- escaping
 def split_escaped(s: str, sep: str) -> list[str]:
     """Split on ``sep`` not preceded by a backslash; escapes are kept (see :func:`unescape`)."""
+    if "\\" not in s:
+        return s.split(sep)  # the common case: nothing escaped
     out: list[str] = []
     cur: list[str] = []
     i = 0

@@ -50,14 +50,14 @@ def _insert_sql(table: Table, columns: tuple[str, ...], ph: str, returning: str 
 def _unnest_sql(table: Table, columns: tuple[str, ...], dialect: Any) -> str:
     # the column's type without its collation (the column applies that): VARCHAR(512) COLLATE "C" -> VARCHAR(512)
     types = [table.columns[c].type.compile(dialect=dialect).split(" COLLATE ")[0] for c in columns]
-    arrays = ", ".join(f"%s::{t}[]" for t in types)
+    arrays = ", ".join(f"%b::{t}[]" for t in types)  # %b: psycopg dumps arrays in binary ~6x faster than as text
     return f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
 
 
 @cache
 def _update_unnest_sql(table: Table, columns: tuple[str, ...], dialect: Any) -> str:
     types = [table.columns[c].type.compile(dialect=dialect).split(" COLLATE ")[0] for c in (*columns, "pk")]
-    arrays = ", ".join(f"%s::{t}[]" for t in types)
+    arrays = ", ".join(f"%b::{t}[]" for t in types)
     sets = ", ".join(f"{c} = u.{c}" for c in columns)
     return (f"UPDATE {table.name} SET {sets} FROM unnest({arrays}) AS u({', '.join(columns)}, pk)"
             f" WHERE {table.name}.pk = u.pk")

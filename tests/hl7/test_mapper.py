@@ -7,9 +7,12 @@ in a thread, so nothing the sender was owed goes unanswered.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import pickle
 import signal
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -17,6 +20,7 @@ from hub.app import Hub
 from hub.errors import Category
 from hub.hl7.errors import Hl7Error
 from hub.hl7.mapper import ProcessMapper, ThreadMapper
+from hub.hl7.pipeline import MappingCache, Pipeline
 from tests.hl7.support import Client, adt, err, listener, msa, running, search, uid
 
 on_loop = pytest.mark.asyncio(loop_scope="function")
@@ -74,3 +78,27 @@ async def test_a_mapping_process_that_dies_is_replaced_and_its_message_answered(
         await client.close()
         assert isinstance(mapper.fallback, ThreadMapper)
     assert [code for code, _ in answers] == ["AA"] * 7
+
+
+@on_loop
+async def test_messages_waiting_for_a_mapping_process_go_over_together(hub: Hub) -> None:
+    """One batch is in flight per mapping process; what arrives meanwhile waits, and goes over as one
+    batch when it comes back: ten messages at once cross in two batches, each mapped as on its own."""
+    connector = listener(mapping_processes=1)
+    pipeline = Pipeline(hub.router, connector, MappingCache(), "http://hub.test/fhir")
+    cids = [uid() for _ in range(10)]
+    raws = [adt(cid, uid()).encode() for cid in cids]
+    with ThreadPoolExecutor(1) as threads:
+        mapper = ProcessMapper(connector, 0.0, ThreadMapper(pipeline, threads), logging.WARNING)
+        try:
+            await mapper.start()
+            prepared = await asyncio.gather(*(mapper.prepare(k, raw, None) for k, raw in enumerate(raws)))
+        finally:
+            mapper.close()
+    assert mapper.batches == 2
+    assert [p.pk for p in prepared] == list(range(10))
+    assert [p.raw for p in prepared] == raws
+    assert [p.error for p in prepared] == [None] * 10
+    assert [p.conversion.control_id if p.conversion else None for p in prepared] == cids
+    alone = [pipeline.prepare(k, raw) for k, raw in enumerate(raws)]
+    assert [p.bundle_json for p in prepared] == [p.bundle_json for p in alone]

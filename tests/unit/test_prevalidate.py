@@ -4,29 +4,17 @@ without validating its body; an unauthorized client learns nothing from validati
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
-import pytest
 import sqlalchemy as sa
 
-from hub.app import Content, Hub, build_hub
+from hub.app import Hub
 from hub.interactions.request import FhirRequest, FhirResponse
 from hub.security.scopes import Permissions, Principal
-from hub.settings import Settings
-from hub.store.schema import upgrade
 from hub.store.tables import resource_t
 
 BASE = "http://hub.test/fhir"
-
-
-@pytest.fixture
-def hub(db_url: str, content: Content) -> Iterator[Hub]:
-    h = build_hub(Settings(database_url=db_url), content=content)
-    upgrade(h.ctx.db)
-    yield h
-    h.close()
 
 
 def post(hub: Hub, bundle: dict[str, Any], principal: Principal | None = None) -> FhirResponse:
