@@ -53,7 +53,7 @@ WAIT_PENDING = 60.0  # seconds a resend waits for the first copy's outcome
 BIND_RETRY = 5.0  # seconds between attempts to listen on a port that was not free
 MAX_BATCH = 64  # most messages one database transaction commits
 AHEAD = 2 * MAX_BATCH  # messages mapped and waiting for their commit, at most
-COMMITTERS_POSTGRESQL = 2  # batches committing at once on PostgreSQL
+COMMITTERS_POSTGRESQL = 1  # batches committing at once on PostgreSQL (see ListenerService.__init__)
 REDELIVER_MAX = 1000  # owed application ACKs sent on one new connection, at most
 
 
@@ -343,9 +343,10 @@ class ListenerService:
         self._ready: list[tuple[Prepared, asyncio.Future[Result]]] = []  # prepared, waiting for a commit
         self._committing = 0
         self._ahead = asyncio.Semaphore(AHEAD)
-        # SQLite has one writer: one batch commits at a time. PostgreSQL commits two at once (each batch spends
-        # most of its time waiting on round trips); two batches conditionally creating the same practitioner or
-        # room are serialized by the conditional look-up's lock (hub/interactions/conditional.py: lock)
+        # One batch commits at a time. SQLite has one writer anyway. On PostgreSQL two at once were tried: each batch
+        # waits on round trips, but the two committers then share the listener's interpreter lock with the event
+        # loop and the receipt writers, their batches shrink and each message costs more (300 msg/s offered,
+        # 2026-12-07: 97-107 msg/s applied with two, 133-137 with one)
         self._parallel = COMMITTERS_POSTGRESQL if runtime.db.dialect == "postgresql" else 1
         # its own threads: a commit never queues behind the mapping of a backlog
         self.committer = concurrent.futures.ThreadPoolExecutor(self._parallel, thread_name_prefix=f"hl7-{connector.name}-commit")

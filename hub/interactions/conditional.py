@@ -26,6 +26,7 @@ from hub.search.compile import Dialect, any_of, cond_sql
 from hub.search.engine import _parse_qs
 from hub.search.query import ParamClause, parse_query
 from hub.search.tables import TABLE_BY_TYPE
+from hub.store.sql import pipeline
 
 _FAST_TABLES = frozenset({"token", "reference", "uri", "string"})  # equality / prefix look-ups
 _MAX_VALUES = 100  # the engine's OR_CHUNK: longer OR lists go to the engine
@@ -95,8 +96,9 @@ def prefetch(ctx: Context, conn: Connection, refs: Sequence[str]) -> None:
     if pg:  # the criteria that match nothing (about to be created, perhaps): lock, then look again (see lock())
         missing = [j for j, key in enumerate(keys) if not memo[key]]
         if missing:
-            lock(conn, [keys[j] for j in missing])
-            memo.update(_run_parts(conn, [keys[j] for j in missing], [parts[j] for j in missing]))
+            with pipeline(conn):  # the lock and the second look: one round trip
+                lock(conn, [keys[j] for j in missing])
+                memo.update(_run_parts(conn, [keys[j] for j in missing], [parts[j] for j in missing]))
     for (res_type, criteria), ids in list(memo.items()):  # as a conditional update's URL reaches find()
         memo.setdefault((res_type, urlencode(parse_qsl(criteria, keep_blank_values=True))), ids)
     conn.info[_MEMO] = memo

@@ -83,9 +83,9 @@ async def test_a_bad_message_inside_a_batch_is_rolled_back_alone(hub: Hub) -> No
 
         svc.pipeline.apply_many = recording  # type: ignore[method-assign]
         release = threading.Event()
-        for _ in range(svc._parallel):  # every committer thread is busy (PostgreSQL has two) ...
+        for _ in range(svc._parallel):  # every committer thread is busy ...
             svc.committer.submit(release.wait, 30)
-        svc._parallel = 1  # ... and one batch at a time: the five line up behind the lead
+        svc._parallel = 1  # ... and one batch at a time (as shipped): the five line up behind the lead
         lead = await Client.connect(svc.port)
         lead_cid = uid()
         await lead.send(adt(lead_cid, uid()))
