@@ -117,6 +117,11 @@ class ProcessMapper:
 
     def _send(self) -> None:
         """Send what waits, as batches, while fewer than ``IN_FLIGHT`` per process are being mapped."""
+        if self._closed:  # the listener stops: the messages stay stored, the next start maps them
+            for _, fut in self._waiting:
+                fut.cancel()
+            self._waiting.clear()
+            return
         while self._waiting and self._in_flight < self.IN_FLIGHT * self.connector.mapping_processes:
             batch, self._waiting = self._waiting[: self.MAX_BATCH], self._waiting[self.MAX_BATCH :]
             pool = self._pool
@@ -163,8 +168,8 @@ class ProcessMapper:
             task.add_done_callback(partial(_settle, fut))
 
     def _broken(self, pool: concurrent.futures.ProcessPoolExecutor) -> None:
-        if pool is not self._pool:
-            return  # already replaced (or given up) by an earlier batch of the same pool
+        if self._closed or pool is not self._pool:
+            return  # stopping, or already replaced (or given up) by an earlier batch of the same pool
         if time.monotonic() - self._restarted_at < RESTART_QUIET:
             self._give_up(pool)  # new ones die too (they cannot start): the threads map from now on
         else:

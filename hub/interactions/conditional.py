@@ -7,8 +7,8 @@ is answered by one driver-level SQL statement built from the search engine's own
 conditions (:func:`hub.search.compile.cond_sql`): the same clauses, the same index rows, the same order
 (``pk``). Its shape differs from a search page's where it must: on PostgreSQL the index rows are read
 first and the resources by key (``pk = ANY(ARRAY(…))``, see :func:`_fast_sql`), and a wave of look-ups runs
-as one ``UNION ALL`` (:func:`prefetch`; on PostgreSQL its one-token look-ups as one statement over arrays). Anything else (chains, ``_has``, ``:missing``, composites, long OR
-lists) goes to :meth:`SearchEngine.find`.
+as one ``UNION ALL`` (:func:`prefetch`; on PostgreSQL its one-token look-ups as one statement over arrays).
+Anything else (chains, ``_has``, ``:missing``, composites, long OR lists) goes to :meth:`SearchEngine.find`.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def _fast_sql(ctx: Context, res_type: str, criteria: str, pg: bool) -> tuple[str
 
 # What _fast_sql gives on PostgreSQL for one token and one value (``identifier=system|value``), and the same
 # look-up for many such criteria at once: (position, token hash, type) arrays, the same index rows and tests
-# per row of them, in (position, pk) order. tests/unit/test_conditional_fast.py holds _fast_sql to this text.
+# per row of them, in (position, pk) order. tests/unit/test_conditional_prefetch.py holds _fast_sql to this text.
 _ONE_TOKEN_PG = (
     "SELECT pk, res_id FROM (SELECT pk, res_id, res_type, deleted FROM resource WHERE "
     "pk = ANY(ARRAY(SELECT resource_pk FROM idx_token WHERE hash_sys_code = %s)) OFFSET 0) AS k "

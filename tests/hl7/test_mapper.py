@@ -102,3 +102,18 @@ async def test_messages_waiting_for_a_mapping_process_go_over_together(hub: Hub)
     assert [p.conversion.control_id if p.conversion else None for p in prepared] == cids
     alone = [pipeline.prepare(k, raw) for k, raw in enumerate(raws)]
     assert [p.bundle_json for p in prepared] == [p.bundle_json for p in alone]
+
+
+@on_loop
+async def test_a_closed_mapper_starts_no_new_processes(hub: Hub) -> None:
+    """A message that reaches the mapper while the listener stops is left stored (its wait is cancelled), and
+    no mapping process is started for it."""
+    connector = listener(mapping_processes=1)
+    pipeline = Pipeline(hub.router, connector, MappingCache(), "http://hub.test/fhir")
+    with ThreadPoolExecutor(1) as threads:
+        mapper = ProcessMapper(connector, 0.0, ThreadMapper(pipeline, threads), logging.WARNING)
+        await mapper.start()
+        mapper.close()
+        with pytest.raises(asyncio.CancelledError):
+            await mapper.prepare(1, adt(uid(), uid()).encode(), None)
+    assert mapper.restarts == 0 and mapper.batches == 0
