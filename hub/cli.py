@@ -96,6 +96,10 @@ def serve(
     elif settings.auth != "on":
         console.print("[red]FHIRHUB_AUTH must be on or off")
         raise typer.Exit(2)
+    if settings.subscription_senders is None:
+        # With API workers the services process has no request to serve, but its loop then carries every
+        # delivery's HTTP client: one sender process takes that off it (hub/subscriptions/transport.py).
+        settings = settings.model_copy(update={"subscription_senders": 1 if workers > 1 else 0})
     hub = build_hub(settings, with_services=True)
     upgrade(hub.ctx.db)
     scheme = "https" if settings.tls_certfile else "http"

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     subscription_start: str = Field("beginning", description="beginning | head: where the dispatcher of a new database starts reading the outbox")
     subscription_poll: float = Field(2.0, description="seconds between recovery polls of the outbox and of due retries (commits wake it at once)")
     subscription_concurrency: int = Field(4, description="deliveries in flight at once per endpoint (scheme://host:port)")
+    subscription_senders: int | None = Field(
+        None, description="processes that send rest-hook deliveries (0: the services process sends them itself); "
+                          "default 1 when serving with API workers (FHIRHUB_WORKERS above 1), else 0")
     subscription_timeout: float = Field(10.0, description="seconds a rest-hook endpoint has to answer")
     subscription_retry_initial: float = Field(1.0, description="first retry delay in seconds (then exponential, with jitter)")
     subscription_retry_max: float = Field(600.0, description="longest delay between two retries, in seconds")

@@ -78,7 +78,8 @@ class Dispatcher:
         for st in svc.states.values():
             if st.spec is not None and st.status not in ("off", "deleted"):
                 interest |= st.spec.types
-        with svc.db.read() as conn:
+        # Two statements, no snapshot needed (a committed version never changes): no BEGIN and ROLLBACK.
+        with svc.db.read_once() as conn:
             rows = outbox.read_after(conn, self.cursor, BATCH)
             if not rows:
                 return None

@@ -21,11 +21,23 @@ from tests.subscriptions.helpers import receiver
 pytestmark = pytest.mark.timeout(300)
 
 
-def _children(pid: int) -> list[int]:
+def _children(pid: int, kind: bytes = b"--worker-fd") -> list[int]:
+    """The hub's API workers (``--worker-fd``), or its subscription sender processes (``hub.subscriptions.transport``)."""
+    found = []
     try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        pids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
+    for child in pids:
+        try:
+            if kind in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
+SENDER = b"hub.subscriptions.transport"
 
 
 def _alive(pid: int) -> bool:
@@ -91,14 +103,17 @@ def test_workers_share_the_write_path_and_the_services(db_url: str, tmp_path: Pa
             missing = client.get("/Subscription/not-there/$status")
             assert missing.status_code == 404 and missing.json()["resourceType"] == "OperationOutcome"
         workers = _children(hub.proc.pid)
+        senders = _children(hub.proc.pid, SENDER)
+        assert len(senders) == 1  # with API workers, the deliveries' HTTP goes through one sender process
         hub.proc.send_signal(signal.SIGTERM)
         hub.proc.wait(30)
-        _wait(lambda: not any(_alive(w) for w in workers), 30, "the workers to stop with the primary")
+        _wait(lambda: not any(_alive(w) for w in workers + senders), 30, "the workers and the sender to stop with the primary")
 
 
 def test_workers_end_when_the_primary_is_killed(db_url: str, tmp_path: Path) -> None:
     with running_hub(db_url, tmp_path, _env(tmp_path)) as hub:
         _wait(lambda: len(_children(hub.proc.pid)) == 2, 30, "two API workers")
-        workers = _children(hub.proc.pid)
+        _wait(lambda: len(_children(hub.proc.pid, SENDER)) == 1, 30, "the subscription sender process")
+        workers = _children(hub.proc.pid) + _children(hub.proc.pid, SENDER)
         hub.kill()
-        _wait(lambda: not any(_alive(w) for w in workers), 30, "orphaned workers to stop")
+        _wait(lambda: not any(_alive(w) for w in workers), 30, "orphaned workers and sender to stop")

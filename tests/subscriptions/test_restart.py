@@ -29,6 +29,19 @@ def env(tmp_path: Path, **extra: str) -> dict[str, str]:
             "FHIRHUB_SUBSCRIPTION_RETRY_INITIAL": "0.2", "FHIRHUB_SUBSCRIPTION_RETRY_MAX": "1", **extra}
 
 
+def sender_processes(parent: int) -> list[int]:
+    """The hub's sender processes (hub/subscriptions/transport.py)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"hub.subscriptions.transport" in (entry / "cmdline").read_bytes() \
+                    and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -37,9 +50,10 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def test_sigkill_during_a_delivery_backlog(db_url: str, tmp_path: Path, http_receiver: Receiver) -> None:
+@pytest.mark.parametrize("senders", ["0", "1"], ids=["sent-in-process", "sender-process"])
+def test_sigkill_during_a_delivery_backlog(db_url: str, tmp_path: Path, http_receiver: Receiver, senders: str) -> None:
     http_receiver.delay = 0.01
-    settings = env(tmp_path, FHIRHUB_SUBSCRIPTION_CONCURRENCY="2")
+    settings = env(tmp_path, FHIRHUB_SUBSCRIPTION_CONCURRENCY="2", FHIRHUB_SUBSCRIPTION_SENDERS=senders)
     with running_hub(db_url, tmp_path, settings) as hub:
         with httpx.Client(base_url=hub.base, timeout=60) as client:
             r = client.post("/Subscription", json={
@@ -55,7 +69,11 @@ def test_sigkill_during_a_delivery_backlog(db_url: str, tmp_path: Path, http_rec
                 assert resp.status_code == 200, resp.text
                 created += [e["response"]["location"].split("/")[1] for e in resp.json()["entry"]]
         http_receiver.count(40, 60)  # deliveries are flowing, most of the backlog is still ahead
+        assert len(sender_processes(hub.proc.pid)) == int(senders)
+        senders_before = sender_processes(hub.proc.pid)
         hub.kill()
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in senders_before), 10,
+               "the sender process to end with the hub that started it")
     assert len(http_receiver.requests) < 400
     with running_hub(db_url, tmp_path, settings):
         got = http_receiver.wait_for(lambda rs: {r.path.rsplit("/", 1)[1] for r in rs} >= set(created), 120)
