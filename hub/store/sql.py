@@ -91,6 +91,12 @@ def _in_pipeline(driver: Any) -> bool:
     return bool(getattr(driver.pgconn, "pipeline_status", 0))
 
 
+def cursor(conn: Connection, template: str, params: tuple[Any, ...] = ()) -> Any:
+    """Run a driver-SQL statement (placeholders ``{p}``) and return its DBAPI cursor. Inside :func:`pipeline`
+    its ``rowcount`` is known once a later result has been read or the block has ended."""
+    return _execute(conn, _format(template, _placeholder(conn)), params)
+
+
 def execute(conn: Connection, template: str, params: tuple[Any, ...] = ()) -> None:
     """Run a driver-SQL statement (placeholders ``{p}``) and drop its result (it may be pipelined)."""
     _execute(conn, _format(template, _placeholder(conn)), params).close()
@@ -136,10 +142,9 @@ def next_pks(conn: Connection, table: Table, n: int) -> list[int]:
     (``BEGIN IMMEDIATE``), so ``max(pk)`` read inside the transaction cannot move.
     """
     if conn.dialect.name == "postgresql":
-        rows = conn.exec_driver_sql(
-            f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'pk')) FROM generate_series(1, %s)", (n,)
-        )
-        return [int(r[0]) for r in rows]
+        # on the DBAPI cursor: inside pipeline(), reading its rows is what sends what was queued before it
+        found = fetch_all(conn, f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'pk')) FROM generate_series(1, {{p}})", (n,))
+        return [int(r[0]) for r in found]
     start = int(conn.exec_driver_sql(f"SELECT coalesce(max(pk), 0) FROM {table.name}").scalar_one())
     return list(range(start + 1, start + n + 1))
 

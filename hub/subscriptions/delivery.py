@@ -413,7 +413,7 @@ class DeliveryEngine:
             for o in batch
         ]
         states = self.service.state_rows()
-        with self.service.db.write() as conn:
+        with self.service.db.write() as conn, sql.pipeline(conn):  # PostgreSQL: BEGIN and both updates in one round trip
             sql.update_by_pk(conn, delivery_t, OUTCOME_COLS, rows)
             if states:
                 s = sub_state_t.c

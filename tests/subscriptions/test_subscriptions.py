@@ -261,3 +261,32 @@ async def test_one_failing_endpoint_does_not_hold_up_another(running: tuple[Hub,
         await asyncio.to_thread(http_receiver.count, 30, 10)
         assert loop.time() - started < 5.0
         assert len(slow.requests) == 0
+
+
+async def test_a_dispatcher_whose_cursor_moved_under_it_writes_nothing(running: tuple[Hub, SubscriptionService],
+                                                                       http_receiver: Receiver) -> None:
+    """Two services on one database: the cursor is compare-and-set, so a batch is applied once."""
+    from sqlalchemy import func, select
+
+    from hub.subscriptions.dispatcher import CursorMoved, Dispatcher
+    from hub.subscriptions.tables import delivery_t
+
+    hub, service = running
+    await post(hub, "Subscription", subscription(http_receiver.url, "Patient?"))
+    await service.drain()
+    stale = Dispatcher(service)
+    await asyncio.to_thread(stale.load_cursor)  # where the other process believes the cursor is
+    for n in range(3):
+        await post(hub, "Patient", {"resourceType": "Patient", "birthDate": f"199{n}-01-01"})
+    await service.drain()  # this one applies the batch and moves the cursor
+
+    def deliveries() -> int:
+        with hub.ctx.db.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(delivery_t)).scalar_one())
+
+    before = await asyncio.to_thread(deliveries)
+    assert before == 3
+    stale.persisted_at = 0.0
+    with pytest.raises(CursorMoved):
+        await asyncio.to_thread(stale.step)
+    assert await asyncio.to_thread(deliveries) == before  # rolled back: no row twice
