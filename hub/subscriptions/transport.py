@@ -37,6 +37,7 @@ from hub.subscriptions.notify import Request
 log = logging.getLogger("hub.subscriptions.transport")
 Result = tuple[int | None, str | None]  # (HTTP status, error text without PHI); error None on 2xx
 RESTART_AFTER = 1.0  # seconds before a sender process that exited is started again
+GRACE = 5.0  # seconds past the HTTP timeout after which an attempt the child has not answered counts as lost
 _HEAD = struct.Struct(">II")
 _LEN = struct.Struct(">I")
 
@@ -116,16 +117,33 @@ class _Child:
     def __init__(self, slot: int, concurrency: int, timeout: float) -> None:
         self.slot = slot
         self.args = [sys.executable, "-m", "hub.subscriptions.transport", str(concurrency), str(timeout)]
+        self.timeout = timeout
         self.proc: asyncio.subprocess.Process | None = None
-        self.futures: dict[int, asyncio.Future[Result]] = {}
+        self.futures: dict[int, tuple[asyncio.Future[Result], float]] = {}  # number -> (answer, deadline)
         self.frames: list[bytes] = []
         self.numbers = itertools.count(1)
         self.closing = False
         self.task: asyncio.Task[None] | None = None
+        self.watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._spawn()
         self.task = asyncio.create_task(self._read(), name=f"subscription sender {self.slot}")
+        self.watchdog = asyncio.create_task(self._watch(), name=f"subscription sender {self.slot} watchdog")
+
+    async def _watch(self) -> None:
+        """A child that stops answering (hung, not dead) is killed, which fails its attempts in flight and
+        starts it again; without this their senders would wait for ever."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            now = loop.time()
+            if any(deadline < now for _, deadline in self.futures.values()):
+                proc = self.proc
+                if proc is not None and proc.returncode is None:
+                    log.warning("subscription sender %d did not answer within %.0f s; restarting it", self.slot,
+                                self.timeout + GRACE)
+                    proc.kill()
 
     async def _spawn(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(*self.args, stdin=asyncio.subprocess.PIPE,
@@ -136,11 +154,12 @@ class _Child:
         if proc is None or proc.returncode is not None or proc.stdin is None or proc.stdin.is_closing():
             return None, "sender process unavailable"
         number = next(self.numbers)
-        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self.futures[number] = fut
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Result] = loop.create_future()
+        self.futures[number] = (fut, loop.time() + min(timeout or self.timeout, self.timeout) + GRACE)
         head = orjson.dumps([number, endpoint_key, req.method, req.url, req.headers, timeout])
         if not self.frames:
-            asyncio.get_running_loop().call_soon(self._flush)  # one write for what this loop turn sends
+            loop.call_soon(self._flush)  # one write for what this loop turn sends
         self.frames.append(_HEAD.pack(len(head), len(req.body)) + head + req.body)
         try:
             return await fut
@@ -161,13 +180,13 @@ class _Child:
                 while True:
                     size = _LEN.unpack(await proc.stdout.readexactly(_LEN.size))[0]
                     number, status, error = orjson.loads(await proc.stdout.readexactly(size))
-                    fut = self.futures.get(number)
-                    if fut is not None and not fut.done():
-                        fut.set_result((status, error))
+                    waiting = self.futures.get(number)
+                    if waiting is not None and not waiting[0].done():
+                        waiting[0].set_result((status, error))
             except (asyncio.IncompleteReadError, ConnectionError, orjson.JSONDecodeError):
                 pass
             code = await proc.wait()
-            for fut in self.futures.values():
+            for fut, _ in self.futures.values():
                 if not fut.done():
                     fut.set_result((None, "sender process exited"))
             self.frames.clear()
@@ -187,6 +206,8 @@ class _Child:
 
     async def close(self) -> None:
         self.closing = True
+        if self.watchdog is not None:
+            self.watchdog.cancel()
         proc = self.proc
         if proc is not None and proc.returncode is None:
             if proc.stdin is not None:

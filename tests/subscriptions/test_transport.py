@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,15 @@ def refused_port() -> int:
 def request(url: str, n: int, body: bytes | None = None) -> Request:
     return Request("PUT", f"{url}/Patient/p{n}", body if body is not None else b'{"n": %d}' % n,
                    {"Content-Type": "application/fhir+json", "Idempotency-Key": f"key-{n}"})
+
+
+async def restarted(child: Any, first: int) -> None:
+    """Wait until the sender slot runs a new process in place of ``first``."""
+    for _ in range(100):
+        if child.proc is not None and child.proc.pid != first and child.proc.returncode is None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the sender process was not started again")
 
 
 @pytest.fixture(params=["in-process", "sender-processes"])
@@ -86,12 +96,31 @@ async def test_a_killed_sender_fails_its_attempts_in_flight_and_is_started_again
         os.kill(first, signal.SIGKILL)
         assert await waiting == (None, "sender process exited")  # retried later like any failed attempt
         http_receiver.delay = 0
-        for _ in range(100):
-            if child.proc is not None and child.proc.pid != first and child.proc.returncode is None:
-                break
-            await asyncio.sleep(0.05)
+        await restarted(child, first)
         assert child.proc is not None and child.proc.pid != first
         assert await transport.send(http_receiver.url, request(http_receiver.url, 2)) == (200, None)
     finally:
         await transport.close()
     assert child.proc.returncode is not None  # closing ends the child
+
+
+@pytest.mark.asyncio
+async def test_a_sender_that_stops_answering_is_replaced(http_receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hub.subscriptions import transport as module
+
+    monkeypatch.setattr(module, "GRACE", 0.5)
+    transport = SenderProcesses(1, 4, 1.0)
+    await transport.start()
+    try:
+        child = transport.children[0]
+        assert child.proc is not None
+        first = child.proc.pid
+        os.kill(first, signal.SIGSTOP)  # alive, but it will never answer
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await transport.send(http_receiver.url, request(http_receiver.url, 1)) == (None, "sender process exited")
+        assert loop.time() - started < 10
+        await restarted(child, first)
+        assert await transport.send(http_receiver.url, request(http_receiver.url, 2)) == (200, None)
+    finally:
+        await transport.close()
