@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,6 +28,19 @@ def refused_port() -> int:
 def request(url: str, n: int, body: bytes | None = None) -> Request:
     return Request("PUT", f"{url}/Patient/p{n}", body if body is not None else b'{"n": %d}' % n,
                    {"Content-Type": "application/fhir+json", "Idempotency-Key": f"key-{n}"})
+
+
+@contextlib.asynccontextmanager
+async def one_sender(timeout: float) -> AsyncIterator[tuple[SenderProcesses, Any, int]]:
+    """One sender process, its slot, and the pid it started with; closed after."""
+    transport = SenderProcesses(1, 4, timeout)
+    await transport.start()
+    try:
+        child = transport.children[0]
+        assert child.proc is not None
+        yield transport, child, child.proc.pid
+    finally:
+        await transport.close()
 
 
 async def restarted(child: Any, first: int) -> None:
@@ -84,12 +99,7 @@ async def test_failures_are_answers_not_exceptions(make_transport: str, http_rec
 
 @pytest.mark.asyncio
 async def test_a_killed_sender_fails_its_attempts_in_flight_and_is_started_again(http_receiver: Receiver) -> None:
-    transport = SenderProcesses(1, 4, 10.0)
-    await transport.start()
-    try:
-        child = transport.children[0]
-        assert child.proc is not None
-        first = child.proc.pid
+    async with one_sender(10.0) as (transport, child, first):
         http_receiver.delay = 2.0
         waiting = asyncio.ensure_future(transport.send(http_receiver.url, request(http_receiver.url, 1)))
         await asyncio.sleep(0.5)  # the attempt is in the child, waiting for the slow receiver
@@ -99,8 +109,6 @@ async def test_a_killed_sender_fails_its_attempts_in_flight_and_is_started_again
         await restarted(child, first)
         assert child.proc is not None and child.proc.pid != first
         assert await transport.send(http_receiver.url, request(http_receiver.url, 2)) == (200, None)
-    finally:
-        await transport.close()
     assert child.proc.returncode is not None  # closing ends the child
 
 
@@ -109,12 +117,7 @@ async def test_a_sender_that_stops_answering_is_replaced(http_receiver: Receiver
     from hub.subscriptions import transport as module
 
     monkeypatch.setattr(module, "GRACE", 0.5)
-    transport = SenderProcesses(1, 4, 1.0)
-    await transport.start()
-    try:
-        child = transport.children[0]
-        assert child.proc is not None
-        first = child.proc.pid
+    async with one_sender(1.0) as (transport, child, first):
         os.kill(first, signal.SIGSTOP)  # alive, but it will never answer
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -122,5 +125,3 @@ async def test_a_sender_that_stops_answering_is_replaced(http_receiver: Receiver
         assert loop.time() - started < 10
         await restarted(child, first)
         assert await transport.send(http_receiver.url, request(http_receiver.url, 2)) == (200, None)
-    finally:
-        await transport.close()
