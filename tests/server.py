@@ -40,7 +40,7 @@ class HubProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
         deadline = time.monotonic() + 15
-        while (left := [pid for pid in children if _alive(pid)]) and time.monotonic() < deadline:
+        while (left := [pid for pid in children if alive(pid)]) and time.monotonic() < deadline:
             time.sleep(0.1)
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
@@ -66,7 +66,8 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Alive and not a zombie (an orphan waiting to be reaped has ended)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server import running_hub
+from tests.server import alive, running_hub
 from tests.subscriptions.helpers import receiver
 
 pytestmark = pytest.mark.timeout(300)
@@ -38,14 +38,6 @@ def _children(pid: int, kind: bytes = b"--worker-fd") -> list[int]:
 
 
 SENDER = b"hub.subscriptions.transport"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _wait(predicate: object, timeout: float, what: str) -> None:
@@ -107,7 +99,7 @@ def test_workers_share_the_write_path_and_the_services(db_url: str, tmp_path: Pa
         assert len(senders) == 1  # with API workers, the deliveries' HTTP goes through one sender process
         hub.proc.send_signal(signal.SIGTERM)
         hub.proc.wait(30)
-        _wait(lambda: not any(_alive(w) for w in workers + senders), 30, "the workers and the sender to stop with the primary")
+        _wait(lambda: not any(alive(w) for w in workers + senders), 30, "the workers and the sender to stop with the primary")
 
 
 def test_workers_end_when_the_primary_is_killed(db_url: str, tmp_path: Path) -> None:
@@ -116,4 +108,4 @@ def test_workers_end_when_the_primary_is_killed(db_url: str, tmp_path: Path) -> 
         _wait(lambda: len(_children(hub.proc.pid, SENDER)) == 1, 30, "the subscription sender process")
         workers = _children(hub.proc.pid) + _children(hub.proc.pid, SENDER)
         hub.kill()
-        _wait(lambda: not any(_alive(w) for w in workers), 30, "orphaned workers and sender to stop")
+        _wait(lambda: not any(alive(w) for w in workers), 30, "orphaned workers and sender to stop")

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.server import running_hub
+from tests.server import alive, running_hub
 from tests.subscriptions.helpers import Mailbox, Receiver
 
 pytestmark = pytest.mark.timeout(300)
@@ -40,14 +40,6 @@ def sender_processes(parent: int) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan waiting to be reaped has ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
@@ -80,7 +72,7 @@ def test_sigkill_during_a_delivery_backlog(db_url: str, tmp_path: Path, http_rec
         assert len(sender_processes(hub.proc.pid)) == int(senders)
         senders_before = sender_processes(hub.proc.pid)
         hub.kill()
-    wait_until(lambda: not any(running(pid) for pid in senders_before), 10,
+    wait_until(lambda: not any(alive(pid) for pid in senders_before), 10,
                "the sender process to end with the hub that started it")
     assert len(http_receiver.requests) < 400
     with running_hub(db_url, tmp_path, settings):
