@@ -8,6 +8,13 @@
   batches are written by a task on its event loop (see :meth:`AuditTrail.run_on`);
   otherwise by one background thread. A read's event is queued (with its time)
   before its response is returned; the queue is flushed at shutdown.
+* Compact rows: a batch is stored as one ``audit_event`` row per (client, interaction, outcome) holding
+  its events (``count``, ``events``: each event's time, references, address, query and detail, as JSON),
+  so a burst of reads by one client is one row per batch, not one insert (with four index entries) per
+  read. The columns that searches filter on stay columns (client, action, subtype, outcome, the first and
+  last time, every reference); the AuditEvent resources are built when they are read. An event's id is
+  ``{row}.{position}``; events written before revision 0010 were a row (with its JSON) each, and keep
+  their ids.
 * Append-only: the ``audit_event`` table has no update or delete anywhere in the
   hub, and the REST API refuses create/update/patch/delete on AuditEvent (405).
   A client with the ``fhirhub/audit`` scope searches it at ``/fhir/AuditEvent``.
@@ -24,15 +31,16 @@ import collections
 import contextlib
 import functools
 import logging
-import os
+import operator
+import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, and_, func, or_, select
 
 from hub.errors import invalid
 from hub.fhir.bundle import Entry, assemble
@@ -51,7 +59,7 @@ ACTIONS = {
     "capabilities": "R", "hl7v2": "C", "sync": "E", "authorize": "E",
 }
 RESTFUL = "http://hl7.org/fhir/restful-interaction"
-AUDIT_COLS = ("event_id", "recorded", "client_id", "action", "subtype", "outcome", "entity", "data")
+AUDIT_COLS = ("recorded", "recorded_last", "client_id", "action", "subtype", "outcome", "entity", "count", "events")
 
 
 # The constant parts of every event, built once (orjson serializes shared objects as often as they appear).
@@ -72,20 +80,6 @@ def _subtype(code: str) -> list[dict[str, str]]:
     return [{"system": RESTFUL if code in ACTIONS else "https://fhirhub.dev/CodeSystem/audit-subtype", "code": code}]
 
 
-def _event_id(recorded: int) -> str:
-    """A time-ordered UUID (the layout of RFC 9562 version 7: 48 bits of milliseconds, then 74 random bits).
-
-    Random (version 4) ids land all over the unique index on ``event_id``, so every batch dirtied pages
-    across the whole index; ids that grow with time are appended at its right edge, like the other
-    indexes of the table. That halves the cost of writing an event on SQLite once the trail is large.
-    """
-    b = bytearray((recorded // 1000).to_bytes(6, "big") + os.urandom(10))
-    b[6] = (b[6] & 0x0F) | 0x70
-    b[8] = (b[8] & 0x3F) | 0x80
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
 @dataclass
 class AuditRecord:
     subtype: str  # the restful-interaction code, or hl7v2 / sync / authorize
@@ -97,16 +91,51 @@ class AuditRecord:
     detail: str | None = None  # an error code, never patient data
     recorded: int = 0  # microseconds; 0: when the row is built
 
-    def row(self) -> dict[str, Any]:
-        return dict(zip(AUDIT_COLS, self.values(), strict=True))
 
-    def values(self) -> tuple[Any, ...]:
-        """The ``audit_event`` row, in ``AUDIT_COLS`` order."""
-        recorded = self.recorded or now_micros()
-        event_id = _event_id(recorded)
-        when = instant(recorded)
-        subtype = self.subtype
-        action = ACTIONS.get(subtype, "E")
+def rows(records: Iterable[AuditRecord]) -> list[tuple[Any, ...]]:
+    """``audit_event`` rows (``AUDIT_COLS`` order) for ``records``: one per (client, subtype, outcome), in the
+    order of each group's first record, each holding its events in the order given."""
+    groups: dict[tuple[str | None, str, int], list[AuditRecord]] = {}
+    for r in records:
+        if not r.recorded:
+            r.recorded = now_micros()
+        key = (r.client_id, r.subtype, r.outcome)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [r]
+        else:
+            group.append(r)
+    out = []
+    for (client_id, subtype, outcome), group in groups.items():
+        times = [r.recorded for r in group]
+        refs = " ".join(ref for r in group for ref in r.entities)
+        events = orjson.dumps([(r.recorded, r.entities, r.address, r.query, r.detail) for r in group])
+        out.append((min(times), max(times), client_id, ACTIONS.get(subtype, "E"), subtype, outcome, refs or None,
+                    len(group), events))
+    return out
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One event of an ``audit_event`` row."""
+
+    event_id: str
+    recorded: int
+    client_id: str | None
+    action: str
+    subtype: str
+    outcome: int
+    entities: tuple[str, ...]
+    address: str | None
+    query: str | None
+    detail: str | None
+    legacy: bytes | None = None  # the JSON kept by rows written before revision 0010
+
+    def resource(self) -> bytes:
+        """The AuditEvent, as JSON."""
+        if self.legacy is not None:
+            return self.legacy
+        when = instant(self.recorded)
         agent: dict[str, Any] = {
             "type": _AGENT_TYPE,
             "who": {"identifier": {"system": "https://fhirhub.dev/client", "value": self.client_id or "anonymous"}},
@@ -116,11 +145,11 @@ class AuditRecord:
             agent["network"] = {"address": self.address, "type": "2"}
         event: dict[str, Any] = {
             "resourceType": "AuditEvent",
-            "id": event_id,
+            "id": self.event_id,
             "meta": {"versionId": _META_VERSION, "lastUpdated": when},
-            "type": _TYPE_APP if subtype in _NOT_REST else _TYPE_REST,
-            "subtype": _subtype(subtype),
-            "action": action,
+            "type": _TYPE_APP if self.subtype in _NOT_REST else _TYPE_REST,
+            "subtype": _subtype(self.subtype),
+            "action": self.action,
             "recorded": when,
             "outcome": str(self.outcome),
             "agent": [agent],
@@ -133,8 +162,24 @@ class AuditRecord:
             entities.append({"type": _QUERY_TYPE, "query": base64.b64encode(self.query.encode()).decode()})
         if entities:
             event["entity"] = entities
-        return (event_id, recorded, self.client_id, action, subtype, self.outcome, " ".join(self.entities) or None,
-                orjson.dumps(event))
+        return orjson.dumps(event)
+
+
+def expand(row: Any) -> list[StoredEvent]:
+    """The events of an ``audit_event`` row, in the order they were recorded."""
+    if row.events is None:  # written before revision 0010: one event, its JSON kept
+        return [StoredEvent(row.event_id, row.recorded, row.client_id, row.action, row.subtype, row.outcome,
+                            tuple((row.entity or "").split()), None, None, None, bytes(row.data))]
+    return [
+        StoredEvent(f"{row.pk}.{i}", recorded, row.client_id, row.action, row.subtype, row.outcome, tuple(entities),
+                    address, query, detail)
+        for i, (recorded, entities, address, query, detail) in enumerate(orjson.loads(row.events))
+    ]
+
+
+def stored_events(conn: Connection, *where: Any) -> list[StoredEvent]:
+    """Every stored event of the rows matching ``where`` (SQLAlchemy conditions on ``audit_t``), oldest first."""
+    return [e for row in conn.execute(select(audit_t).where(*where).order_by(audit_t.c.pk)) for e in expand(row)]
 
 
 def _running_on(loop: asyncio.AbstractEventLoop) -> bool:
@@ -176,7 +221,7 @@ class AuditTrail:
 
     # -- in the caller's transaction (writes)
     def write(self, conn: Connection, records: Iterable[AuditRecord]) -> None:
-        sql.insert_many(conn, audit_t, AUDIT_COLS, [r.values() for r in records])
+        sql.insert_many(conn, audit_t, AUDIT_COLS, rows(records))
 
     # -- batched (reads, failures)
     def enqueue(self, record: AuditRecord) -> None:
@@ -346,29 +391,53 @@ class AuditTrail:
 
 # ------------------------------------------------------------------ reading the trail
 AUDIT_PARAMS = {"date", "agent", "entity", "subtype", "outcome", "action", "_count", "_page", "_id"}
+ROWS_PER_READ = 64  # rows fetched at a time while a page of events is filled
+_DATE_TESTS: dict[str, Callable[[int, int], bool]] = {
+    "ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operator.lt, "eq": operator.eq,
+}
+_NEW_ID = re.compile(r"^(\d{1,18})\.(\d{1,9})$")  # {row}.{position}; older ids are UUIDs
+
+
+def _position(value: str) -> tuple[int, int]:
+    m = _NEW_ID.match(value)
+    if m is None:
+        raise invalid("FHIRHUB-PARAM-PAGE", "_page is not a page this server gave out")
+    return int(m.group(1)), int(m.group(2))
 
 
 def search(conn: Connection, params: list[tuple[str, str]], base_url: str, page_size: int, max_size: int,
            strict: bool) -> bytes:
-    """``GET /fhir/AuditEvent``: date (ge/gt/le/lt/eq prefixes), agent (client id), entity, subtype, outcome, action."""
+    """``GET /fhir/AuditEvent``: date (ge/gt/le/lt/eq prefixes), agent (client id), entity, subtype, outcome,
+    action, _id; newest first.
+
+    The row columns narrow the rows in SQL (client, subtype, outcome and action are the same for every
+    event of a row; a row's first and last times bound its events'; ``entity`` holds every reference of
+    the row); the events of those rows are then tested one by one for what a row cannot tell.
+    """
     a = audit_t.c
-    stmt = select(a.pk, a.event_id, a.data)
+    stmt = select(audit_t)
     unknown = sorted({k for k, _ in params if k not in AUDIT_PARAMS})
     if unknown and strict:
         raise invalid("FHIRHUB-PARAM-UNKNOWN", f"Unsupported AuditEvent parameter(s): {', '.join(unknown)}")
     count = page_size
+    tests: list[Callable[[StoredEvent], bool]] = []
+    after: tuple[int, int] | None = None
     for name, value in params:
         if name == "date":
-            prefix, raw = (value[:2], value[2:]) if value[:2] in ("ge", "gt", "le", "lt", "eq") else ("eq", value)
+            prefix, raw = (value[:2], value[2:]) if value[:2] in _DATE_TESTS else ("eq", value)
             moment = parse_instant_micros(raw, "date")
-            column = a.recorded
-            stmt = stmt.where(
-                {"ge": column >= moment, "gt": column > moment, "le": column <= moment, "lt": column < moment, "eq": column == moment}[prefix]
-            )
+            first, last = a.recorded, func.coalesce(a.recorded_last, a.recorded)
+            stmt = stmt.where({"ge": last >= moment, "gt": last > moment, "le": first <= moment, "lt": first < moment,
+                               "eq": and_(first <= moment, last >= moment)}[prefix])
+            test = _DATE_TESTS[prefix]
+            tests.append(lambda e, test=test, moment=moment: test(e.recorded, moment))  # type: ignore[misc]
         elif name == "agent":
             stmt = stmt.where(a.client_id.in_(value.split(",")))
         elif name == "entity":
-            stmt = stmt.where(a.entity.contains(value, autoescape=True))
+            refs = value.split(",")
+            stmt = stmt.where(or_(*(a.entity.contains(ref, autoescape=True) for ref in refs)))
+            wanted = set(refs)
+            tests.append(lambda e, wanted=wanted: not wanted.isdisjoint(e.entities))  # type: ignore[misc]
         elif name == "subtype":
             stmt = stmt.where(a.subtype.in_([v.split("|")[-1] for v in value.split(",")]))
         elif name == "outcome":
@@ -376,26 +445,52 @@ def search(conn: Connection, params: list[tuple[str, str]], base_url: str, page_
         elif name == "action":
             stmt = stmt.where(a.action.in_(value.split(",")))
         elif name == "_id":
-            stmt = stmt.where(a.event_id.in_(value.split(",")))
+            ids = value.split(",")
+            new = [m for m in (_NEW_ID.match(i) for i in ids) if m is not None]
+            stmt = stmt.where(or_(a.event_id.in_(ids), a.pk.in_([int(m.group(1)) for m in new])))
+            wanted_ids = set(ids)
+            tests.append(lambda e, wanted_ids=wanted_ids: e.event_id in wanted_ids)  # type: ignore[misc]
         elif name == "_count":
             if not value.isdigit():
                 raise invalid("FHIRHUB-PARAM-COUNT", "_count must be a non-negative integer")
             count = min(int(value), max_size)
         elif name == "_page":
-            if not value.isdigit():
-                raise invalid("FHIRHUB-PARAM-PAGE", "_page is not a page this server gave out")
-            stmt = stmt.where(a.pk < int(value))
-    rows = list(conn.execute(stmt.order_by(a.pk.desc()).limit(count + 1)))
-    more = len(rows) > count
-    rows = rows[:count]
+            after = _position(value)
+            stmt = stmt.where(a.pk <= after[0])
+    found: list[tuple[int, int, StoredEvent]] = []
+    stmt = stmt.order_by(a.pk.desc())
+    offset = 0
+    while len(found) <= count:
+        batch = conn.execute(stmt.limit(ROWS_PER_READ).offset(offset)).all()
+        for row in batch:
+            events = expand(row)
+            for i in range(len(events) - 1, -1, -1):  # newest first
+                if after is not None and (row.pk, i) >= after:
+                    continue
+                event = events[i]
+                if all(test(event) for test in tests):
+                    found.append((row.pk, i, event))
+            if len(found) > count:
+                break
+        if len(batch) < ROWS_PER_READ:
+            break
+        offset += ROWS_PER_READ
+    more = len(found) > count
+    found = found[:count]
     keep = [(k, v) for k, v in params if k != "_page"]
     links = {"self": f"{base_url}/AuditEvent?{urlencode(params)}"}
-    if more and rows:
-        links["next"] = f"{base_url}/AuditEvent?{urlencode([*keep, ('_page', str(rows[-1].pk))])}"
-    entries = [Entry(f"{base_url}/AuditEvent/{r.event_id}", r.data, {"search": {"mode": "match"}}) for r in rows]
+    if more and found:
+        pk, i, _ = found[-1]
+        links["next"] = f"{base_url}/AuditEvent?{urlencode([*keep, ('_page', f'{pk}.{i}')])}"
+    entries = [Entry(f"{base_url}/AuditEvent/{e.event_id}", e.resource(), {"search": {"mode": "match"}}) for _, _, e in found]
     return assemble("searchset", entries, links=links)
 
 
 def read(conn: Connection, event_id: str) -> bytes | None:
-    row = conn.execute(select(audit_t.c.data).where(audit_t.c.event_id == event_id)).first()
-    return None if row is None else bytes(row.data)
+    m = _NEW_ID.match(event_id)
+    a = audit_t.c
+    cond = a.pk == int(m.group(1)) if m is not None else a.event_id == event_id
+    row = conn.execute(select(audit_t).where(cond)).first()
+    if row is None:
+        return None
+    return next((e.resource() for e in expand(row) if e.event_id == event_id), None)

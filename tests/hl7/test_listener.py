@@ -13,6 +13,7 @@ from hub.app import Hub
 from hub.hl7 import store
 from hub.hl7.tables import message_t
 from hub.interactions.request import FhirRequest
+from hub.security.audit import stored_events
 from hub.security.tables import audit_t
 from tests.hl7.support import (
     Client,
@@ -69,8 +70,8 @@ async def test_every_message_gets_an_audit_event(hub: Hub) -> None:
         assert hub.ctx.audit is not None
         hub.ctx.audit.flush_now()
         with hub.ctx.db.read() as conn:
-            found = [orjson.loads(d) for (d,) in conn.execute(
-                sa.select(audit_t.c.data).where(audit_t.c.subtype == "hl7v2", audit_t.c.client_id == "mllp:test-in"))]
+            found = [orjson.loads(e.resource()) for e in stored_events(
+                conn, audit_t.c.subtype == "hl7v2", audit_t.c.client_id == "mllp:test-in")]
         mine = [e for e in found if e.get("outcomeDesc", "").startswith(cid)]
         return mine if len(mine) == 2 else []
 

@@ -8,15 +8,17 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 import pytest
 from sqlalchemy import func, select
 
 from hub.fhir.instant import parse_instant_micros
-from hub.security.audit import AuditRecord, AuditTrail
+from hub.security.audit import AuditRecord, AuditTrail, StoredEvent, stored_events
 from hub.security.tables import audit_t
 from hub.store.db import Database
+from hub.store.repository import instant
 from hub.store.schema import upgrade
 
 
@@ -60,9 +62,10 @@ def db(db_url: str) -> Iterator[Database]:
     database.dispose()
 
 
-def _rows(db: Database) -> list[Any]:
+def _rows(db: Database) -> list[StoredEvent]:
+    """Every stored event, oldest row first."""
     with db.read() as conn:
-        return list(conn.execute(select(audit_t.c.event_id, audit_t.c.recorded, audit_t.c.data).order_by(audit_t.c.pk)))
+        return stored_events(conn)
 
 
 def test_a_steady_stream_of_events_is_written_in_few_transactions(db: Database) -> None:
@@ -104,7 +107,7 @@ def test_events_carry_the_time_they_were_queued(db: Database) -> None:
     trail.flush_now()
     (row,) = _rows(db)
     assert before - 1000 <= row.recorded <= after
-    event = orjson.loads(row.data)
+    event = orjson.loads(row.resource())
     assert event["resourceType"] == "AuditEvent" and event["id"] == row.event_id
     assert parse_instant_micros(event["recorded"], "recorded") == row.recorded
     assert event["meta"]["lastUpdated"] == event["recorded"]
@@ -124,22 +127,54 @@ def test_a_failed_batch_is_kept_and_written_later(db: Database) -> None:
         time.sleep(0.1)
     trail.close()
     rows = _rows(db)
-    assert [orjson.loads(r.data)["entity"][0]["what"]["reference"] for r in rows] == [f"Patient/{k}" for k in range(10)]
+    assert [orjson.loads(r.resource())["entity"][0]["what"]["reference"] for r in rows] == [f"Patient/{k}" for k in range(10)]
     with db.read() as conn:
-        assert conn.execute(select(func.count()).select_from(audit_t)).scalar() == 10
+        assert conn.execute(select(func.sum(audit_t.c.count))).scalar() == 10, "the failed batch was not written twice"
 
 
-def test_event_ids_are_unique_and_grow_with_time(db: Database) -> None:
-    import uuid
+def test_a_batch_is_a_row_per_client_interaction_and_outcome_and_every_event_stays_whole(db: Database) -> None:
+    """One row per (client, subtype, outcome) of a batch; each event keeps its own time, references, address,
+    query and detail, has an id of its own, and is found by read and by search (exact reference, time within
+    a row, pages that end inside a row)."""
+    from hub.security import audit
 
-    trail = AuditTrail(db)
     base = 1_700_000_000_000_000
-    records = [AuditRecord("read", 0, "client-a", None, ["Patient/1"], recorded=base + k * 1000) for k in range(200)]
-    ids = [r.values()[0] for r in records]
-    assert len(set(ids)) == len(ids)
-    assert ids == sorted(ids), "ids follow the time of the event (appended at the right edge of the unique index)"
-    assert all(uuid.UUID(i).version == 7 for i in ids)
-    trail.close()
+    records = [AuditRecord("read", 0, "client-a", "10.0.0.1", [f"Patient/{k}"], recorded=base + k * 1000) for k in range(12)]
+    records += [
+        AuditRecord("read", 4, "client-a", "10.0.0.1", ["Patient/missing"], None, "FHIRHUB-READ-NOT-FOUND", base + 500),
+        AuditRecord("search-type", 0, "client-a", "10.0.0.2", (), "Patient?name=x", None, base + 600),
+        AuditRecord("read", 0, "client-b", None, ["Patient/1"], recorded=base + 700),
+    ]
+    with db.write() as conn:
+        AuditTrail(db).write(conn, records)
+    with db.read() as conn:
+        rows = list(conn.execute(select(audit_t).order_by(audit_t.c.pk)))
+        assert [(r.client_id, r.subtype, r.outcome, r.count) for r in rows] == [
+            ("client-a", "read", 0, 12), ("client-a", "read", 4, 1), ("client-a", "search-type", 0, 1), ("client-b", "read", 0, 1)]
+        events = stored_events(conn)
+        assert len({e.event_id for e in events}) == 15
+        for e in events:
+            assert orjson.loads(audit.read(conn, e.event_id) or b"") == orjson.loads(e.resource())
+        assert audit.read(conn, f"{rows[0].pk}.12") is None
+
+        def search(*params: tuple[str, str]) -> dict[str, Any]:
+            return orjson.loads(audit.search(conn, list(params), "http://hub/fhir", 5, 100, True))
+
+        def refs(page: dict[str, Any]) -> list[str]:
+            return [x["what"]["reference"] for e in page.get("entry", []) for x in e["resource"].get("entity", []) if "what" in x]
+
+        assert refs(search(("entity", "Patient/1"))) == ["Patient/1", "Patient/1"]  # not Patient/10 or Patient/11
+        assert refs(search(("date", f"ge{instant(base + 10_000)}"), ("agent", "client-a"))) == ["Patient/11", "Patient/10"]
+        first = search(("agent", "client-a"), ("subtype", "read"), ("outcome", "0"))
+        assert refs(first) == ["Patient/11", "Patient/10", "Patient/9", "Patient/8", "Patient/7"]
+        following = [link["url"] for link in first["link"] if link["relation"] == "next"]
+        second = orjson.loads(audit.search(conn, list(parse_qsl(following[0].split("?", 1)[1])), "http://hub/fhir", 5, 100, True))
+        assert refs(second) == ["Patient/6", "Patient/5", "Patient/4", "Patient/3", "Patient/2"]
+        failed = search(("outcome", "4"))["entry"][0]["resource"]
+        assert failed["outcomeDesc"] == "FHIRHUB-READ-NOT-FOUND" and failed["recorded"] == instant(base + 500)
+        query = search(("subtype", "search-type"))["entry"][0]["resource"]
+        assert query["agent"][0]["network"]["address"] == "10.0.0.2"
+        assert query["entity"][0]["query"] == "UGF0aWVudD9uYW1lPXg="
 
 
 @pytest.mark.asyncio
@@ -178,7 +213,7 @@ async def test_in_a_server_the_batches_are_written_from_its_event_loop(db: Datab
     await asyncio.sleep(0.2)
     await trail.stop_loop()
     trail.flush_now()
-    refs = [orjson.loads(r.data)["entity"][0]["what"]["reference"] for r in _rows(db)]
+    refs = [orjson.loads(r.resource())["entity"][0]["what"]["reference"] for r in _rows(db)]
     assert len(refs) == 132 and len(set(refs)) == 132 and refs[-1] == "Patient/last"
     trail.close()
 
@@ -213,3 +248,36 @@ def test_flush_now_waits_for_the_batch_the_loop_writer_has_in_hand(db: Database)
         runner.join(10)
         loop.close()
         trail.close()
+
+
+def test_an_event_written_before_revision_0010_is_served_as_it_was_stored(db_url: str) -> None:
+    """Events kept as JSON (``data``), a row each, before revision 0010 are read back unchanged after the
+    upgrade, beside new events built from their batch rows."""
+    from sqlalchemy import insert
+
+    from hub.security import audit
+
+    database = Database(db_url)
+    try:
+        upgrade(database, "0002")
+        legacy = {"resourceType": "AuditEvent", "id": "0190-legacy", "action": "R", "outcome": "0",
+                  "recorded": "2024-01-01T00:00:00Z", "entity": [{"what": {"reference": "Patient/old"}}]}
+        with database.write() as conn:
+            conn.execute(insert(audit_t).values(event_id="0190-legacy", recorded=1_704_067_200_000_000,
+                                                client_id="c", action="R", subtype="read", outcome=0,
+                                                entity="Patient/old", data=orjson.dumps(legacy)))
+        upgrade(database)
+        trail = AuditTrail(database)
+        trail.enqueue(AuditRecord("search-type", 0, "c", "10.0.0.1", (), "Patient?name=x"))
+        trail.close()
+        with database.read() as conn:
+            assert orjson.loads(audit.read(conn, "0190-legacy") or b"") == legacy
+            page = orjson.loads(audit.search(conn, [("agent", "c")], "http://hub/fhir", 10, 100, True))
+        new, old = (e["resource"] for e in page["entry"])
+        assert old == legacy
+        assert new["entity"] == [{"type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                                           "code": "2", "display": "System Object"},
+                                  "query": "UGF0aWVudD9uYW1lPXg="}]  # base64 of Patient?name=x
+        assert new["agent"][0]["network"] == {"address": "10.0.0.1", "type": "2"}
+    finally:
+        database.dispose()

@@ -359,12 +359,12 @@ async def test_every_outbound_call_is_audited(make_env: Any, ehr: FakeEhr) -> No
     audit = env.hub.ctx.audit
     assert audit is not None
     audit.flush_now()
-    from sqlalchemy import select
 
+    from hub.security.audit import stored_events
     from hub.security.tables import audit_t
 
     with env.hub.ctx.db.read() as conn:
-        rows = list(conn.execute(select(audit_t.c.subtype, audit_t.c.client_id, audit_t.c.data).where(audit_t.c.subtype == "sync")))
+        rows = stored_events(conn, audit_t.c.subtype == "sync")
     assert len(rows) == len(ehr.requests)
     assert {r.client_id for r in rows} == {"sync:ehr"}
-    assert all(b"PRIVATE KEY" not in r.data and b"client_assertion" not in r.data for r in rows)
+    assert all(b"PRIVATE KEY" not in r.resource() and b"client_assertion" not in r.resource() for r in rows)
