@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import func, select
 
 from hub.fhir.instant import parse_instant_micros
@@ -266,7 +267,7 @@ def test_an_event_written_before_revision_0010_is_served_as_it_was_stored(db_url
             conn.execute(insert(audit_t).values(event_id="0190-legacy", recorded=1_704_067_200_000_000,
                                                 client_id="c", action="R", subtype="read", outcome=0,
                                                 entity="Patient/old", data=orjson.dumps(legacy)))
-        upgrade(database)
+        upgrade(database, "0010")  # this revision alone over 0002 (so that it alone comes down below)
         trail = AuditTrail(database)
         trail.enqueue(AuditRecord("search-type", 0, "c", "10.0.0.1", (), "Patient?name=x"))
         trail.close()
@@ -279,5 +280,20 @@ def test_an_event_written_before_revision_0010_is_served_as_it_was_stored(db_url
                                            "code": "2", "display": "System Object"},
                                   "query": "UGF0aWVudD9uYW1lPXg="}]  # base64 of Patient?name=x
         assert new["agent"][0]["network"] == {"address": "10.0.0.1", "type": "2"}
+
+        # and back: a downgrade expands the batch rows into a row (with its JSON) per event, ids kept
+        from alembic import command
+        from alembic.migration import MigrationContext
+
+        from hub.store.schema import alembic_config
+
+        config = alembic_config()
+        with database.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0002")
+        with database.read() as conn:
+            rows = conn.execute(sa.text("SELECT event_id, data FROM audit_event ORDER BY pk")).all()
+            assert set(MigrationContext.configure(conn).get_current_heads()) == {"0002"}
+        assert [(r.event_id, orjson.loads(r.data)) for r in rows] == [("0190-legacy", legacy), (new["id"], new)]
     finally:
         database.dispose()
