@@ -437,7 +437,9 @@ def search(conn: Connection, params: list[tuple[str, str]], base_url: str, page_
             refs = value.split(",")
             stmt = stmt.where(or_(*(a.entity.contains(ref, autoescape=True) for ref in refs)))
             wanted = set(refs)
-            tests.append(lambda e, wanted=wanted: not wanted.isdisjoint(e.entities))  # type: ignore[misc]
+            # exact, or the same resource at a version (writes record Patient/1/_history/2): as a reference search
+            tests.append(lambda e, wanted=wanted: any(  # type: ignore[misc]
+                ref in wanted or ref.partition("/_history/")[0] in wanted for ref in e.entities))
         elif name == "subtype":
             stmt = stmt.where(a.subtype.in_([v.split("|")[-1] for v in value.split(",")]))
         elif name == "outcome":

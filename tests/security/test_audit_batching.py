@@ -145,15 +145,17 @@ def test_a_batch_is_a_row_per_client_interaction_and_outcome_and_every_event_sta
         AuditRecord("read", 4, "client-a", "10.0.0.1", ["Patient/missing"], None, "FHIRHUB-READ-NOT-FOUND", base + 500),
         AuditRecord("search-type", 0, "client-a", "10.0.0.2", (), "Patient?name=x", None, base + 600),
         AuditRecord("read", 0, "client-b", None, ["Patient/1"], recorded=base + 700),
+        AuditRecord("update", 0, "client-b", None, ["Patient/1/_history/2"], recorded=base + 800),
     ]
     with db.write() as conn:
         AuditTrail(db).write(conn, records)
     with db.read() as conn:
         rows = list(conn.execute(select(audit_t).order_by(audit_t.c.pk)))
         assert [(r.client_id, r.subtype, r.outcome, r.count) for r in rows] == [
-            ("client-a", "read", 0, 12), ("client-a", "read", 4, 1), ("client-a", "search-type", 0, 1), ("client-b", "read", 0, 1)]
+            ("client-a", "read", 0, 12), ("client-a", "read", 4, 1), ("client-a", "search-type", 0, 1), ("client-b", "read", 0, 1),
+            ("client-b", "update", 0, 1)]
         events = stored_events(conn)
-        assert len({e.event_id for e in events}) == 15
+        assert len({e.event_id for e in events}) == 16
         for e in events:
             assert orjson.loads(audit.read(conn, e.event_id) or b"") == orjson.loads(e.resource())
         assert audit.read(conn, f"{rows[0].pk}.12") is None
@@ -164,7 +166,8 @@ def test_a_batch_is_a_row_per_client_interaction_and_outcome_and_every_event_sta
         def refs(page: dict[str, Any]) -> list[str]:
             return [x["what"]["reference"] for e in page.get("entry", []) for x in e["resource"].get("entity", []) if "what" in x]
 
-        assert refs(search(("entity", "Patient/1"))) == ["Patient/1", "Patient/1"]  # not Patient/10 or Patient/11
+        # the resource at any version, not Patient/10 or Patient/11
+        assert refs(search(("entity", "Patient/1"))) == ["Patient/1/_history/2", "Patient/1", "Patient/1"]
         assert refs(search(("date", f"ge{instant(base + 10_000)}"), ("agent", "client-a"))) == ["Patient/11", "Patient/10"]
         first = search(("agent", "client-a"), ("subtype", "read"), ("outcome", "0"))
         assert refs(first) == ["Patient/11", "Patient/10", "Patient/9", "Patient/8", "Patient/7"]
